@@ -14,4 +14,5 @@ if [ "$before" != "$after" ]; then
   git --no-pager diff --stat >&2
   exit 1
 fi
+python3 .ci/readme.py --check
 python3 -m pytest -q -p no:cacheprovider "$@" tests

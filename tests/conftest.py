@@ -1,0 +1,31 @@
+import os
+os.environ.setdefault('MUJOCO_GL', 'egl')
+os.environ.setdefault('PYOPENGL_PLATFORM', os.environ['MUJOCO_GL'])
+os.environ.setdefault('DR_NO_PROGRESS', '1')
+import pytest
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent/'shared'
+
+def pytest_addoption(parser):
+    parser.addoption('--runslow', action='store_true', help='also run tests and notebook cells marked slow')
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: long test, run with --runslow')
+    config.addinivalue_line('markers', 'gpu: needs a CUDA device')
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+    for item in items:
+        if 'slow' in item.keywords and not config.getoption('--runslow'):
+            item.add_marker(pytest.mark.skip(reason='slow: run with --runslow'))
+        if 'gpu' in item.keywords and not torch.cuda.is_available():
+            item.add_marker(pytest.mark.skip(reason='needs a CUDA device'))
+
+@pytest.fixture(scope='session')
+def dapg_dir():
+    "The public DAPG Adroit policies beside the checkout (../shared/data/adroit_dapg)."
+    d = SHARED/'data'/'adroit_dapg'
+    if not (d/'door-v0.pickle').exists(): pytest.skip(f'DAPG policy files not found at {d}')
+    return d
