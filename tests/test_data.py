@@ -287,3 +287,30 @@ def test_dr_collect_cli(tmp_path):
     assert r.returncode == 0 and '0 collected, 2 already there' in r.stdout, r.stdout + r.stderr[-2000:]
     r = _cli('reach-v9', '--policy', 'random', '--episodes', '1', '--out', 'out', cwd=tmp_path)
     assert r.returncode == 2 and "dr_collect: error: unknown task 'reach-v9'" in r.stderr and 'coffee-push-v3' in r.stderr
+
+def test_dr_collect_adroit_door_expert(dapg_dir, tmp_path):
+    "Issue 2: `dr_collect door --expert_policy door-v0.pickle` writes a successful 64x64 episode."
+    exe = shutil.which('dr_collect')
+    args = ['door', '--policy', 'expert', '--episodes', '1', '--seed', '0', '--out', 'out', '--expert_policy', str(dapg_dir/'door-v0.pickle')]
+    r = subprocess.run([exe, *args], capture_output=True, text=True, cwd=tmp_path, env=dict(os.environ, DR_NO_PROGRESS='1', OMP_NUM_THREADS='1')) \
+        if exe else _cli(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'dr_collect door expert: 1 episodes' in r.stdout and 'success rate 1.00' in r.stdout, r.stdout
+    ep = load_episode(tmp_path/'out'/'door'/'expert'/'ep000000.npz')
+    assert ep.frames.shape == (101, 64, 64, 3) and ep.frames.dtype == np.uint8 and ep.succeeded
+    assert ep.meta['expert_policy']['file'] == 'door-v0.pickle' and ep.meta['policy'] == 'expert'
+
+@pytest.mark.slow
+def test_metaworld_experts_succeed(tmp_path):
+    "Issue 2: the scripted expert succeeds on seeds 0 and 1 of every MetaWorld preset task (about 1 min on a 2-core CPU)."
+    from diffusion_reward.envs import TASKS
+    tasks = [name for name, p in TASKS.items() if p.domain == 'metaworld']
+    assert len(tasks) == 15
+    failed = {}
+    for task in tasks:
+        paths = collect(task, 'expert', episodes=2, seed=0, out=tmp_path)
+        for p in paths:
+            ep = load_episode(p)
+            assert ep.frames.shape == (TASKS[task].episode_steps + 1, 64, 64, 3) and ep.frames.dtype == np.uint8, p
+            if not ep.succeeded: failed.setdefault(task, []).append(ep.meta['seed'])
+    assert not failed, f'scripted expert failed (task: seeds): {failed}'
