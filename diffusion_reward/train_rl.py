@@ -20,11 +20,12 @@ from .drqv2 import DrQV2Config, DrQV2Agent, ReplayBuffer, Batch, linear_std, wei
 from .rnd import RND, RNDConfig, frames_chw
 
 # %% auto #0
-__all__ = ['RESUMABLE_CHANGES', 'REWARDS', 'REWARD_MODULES', 'TRAIN_COLUMNS', 'EVAL_COLUMNS', 'REFERENCE_LOOP_FPS',
-           'TrainRLConfig', 'episode_seed', 'default_env_fn', 'RewardContext', 'register_reward', 'make_reward',
-           'SparseReward', 'MixedReward', 'AMPConfig', 'Discriminator', 'AMPReward', 'load_expert_frames',
-           'resident_mb', 'RunLogger', 'read_csv', 'evaluate', 'save_video', 'rng_state', 'set_rng_state',
-           'check_resume', 'ReplayJournal', 'train_rl', 'dr_train_rl', 'bench_train_rl']
+__all__ = ['RESUMABLE_CHANGES', 'REWARDS', 'REWARD_MODULES', 'DIFFUSION_ALPHA', 'TRAIN_COLUMNS', 'EVAL_COLUMNS',
+           'REFERENCE_LOOP_FPS', 'TrainRLConfig', 'episode_seed', 'default_env_fn', 'RewardContext', 'register_reward',
+           'make_reward', 'SparseReward', 'MixedReward', 'AMPConfig', 'Discriminator', 'AMPReward',
+           'load_expert_frames', 'diffusion_mixed_reward', 'resident_mb', 'RunLogger', 'read_csv', 'evaluate',
+           'save_video', 'rng_state', 'set_rng_state', 'check_resume', 'ReplayJournal', 'train_rl', 'dr_train_rl',
+           'bench_train_rl']
 
 # %% ../nbs/09_train_rl.ipynb #21906315
 @dataclass
@@ -65,7 +66,7 @@ def default_env_fn(cfg:TrainRLConfig, seed:int):
     from diffusion_reward.envs import make_env
     return make_env(cfg.task, seed=seed, size=cfg.size, action_repeat=cfg.action_repeat, episode_steps=cfg.episode_steps)
 
-# %% ../nbs/09_train_rl.ipynb #4a67e0d8
+# %% ../nbs/09_train_rl.ipynb #eeb957d9
 @dataclass
 class RewardContext:
     "What a reward factory may need about the run."
@@ -79,7 +80,7 @@ class RewardContext:
     expert_frames: np.ndarray|None = None  # (N, H, W, 3) uint8 expert frames given directly
 
 REWARDS: dict[str, Callable] = {}
-REWARD_MODULES = ('diffusion_reward.reward',)  # imported on first use, so rewards defined there can register themselves
+REWARD_MODULES = ('diffusion_reward.reward', 'diffusion_reward.viper')  # imported on first use, so rewards defined there can register themselves
 
 def register_reward(name:str):
     "Decorator adding a factory `fn(ctx:RewardContext) -> reward` to `REWARDS` under `name`."
@@ -229,6 +230,28 @@ def _amp(ctx:RewardContext):
     if frames.shape[1:] != tuple(ctx.frame_shape):
         raise DataError(ctx.expert_dir or '<expert_frames>', f'expert frames are {frames.shape[1:]}, the environment renders {tuple(ctx.frame_shape)}')
     return AMPReward(frames, AMPConfig.preset(ctx.preset), ctx.device, ctx.seed)
+
+# %% ../nbs/09_train_rl.ipynb #9712bf72
+DIFFUSION_ALPHA = 0.95  # weight of RND in the Diffusion Reward mix (SPEC section 5, the reference's alpha)
+
+def diffusion_mixed_reward(ctx:RewardContext, estimator:str='entropy', name:str='diffusion') -> MixedReward:
+    "(1 - alpha) * standardised Diffusion Reward + alpha * RND + sparse, from the video model in `ctx.checkpoint`."
+    if not ctx.checkpoint:
+        raise ValueError(f"reward {name!r} needs a video-model checkpoint: pass --reward_checkpoint DIR/video_model.pt "
+                         "(from dr_train_video, with statistics from dr_reward_stats)")
+    from diffusion_reward.reward import DiffusionReward  # here: runs with other rewards never load the video model
+    model = DiffusionReward.from_checkpoint(ctx.checkpoint, task=ctx.task, device=ctx.device, estimator=estimator)
+    return MixedReward(model, model_weight=1 - DIFFUSION_ALPHA, rnd_weight=DIFFUSION_ALPHA, rnd_cfg=RNDConfig.preset(ctx.preset),
+                       size=ctx.frame_shape[0], device=ctx.device)
+
+@register_reward('diffusion')
+def _diffusion(ctx:RewardContext): return diffusion_mixed_reward(ctx, 'entropy', 'diffusion')
+
+@register_reward('diffusion_fast')
+def _diffusion_fast(ctx:RewardContext): return diffusion_mixed_reward(ctx, 'one_pass', 'diffusion_fast')
+
+@register_reward('diffusion_likelihood')
+def _diffusion_likelihood(ctx:RewardContext): return diffusion_mixed_reward(ctx, 'likelihood', 'diffusion_likelihood')
 
 # %% ../nbs/09_train_rl.ipynb #69458803
 def resident_mb() -> float:
@@ -478,10 +501,10 @@ def train_rl(cfg:TrainRLConfig, # run settings
     save_json(summary, out / 'summary.json')
     return summary
 
-# %% ../nbs/09_train_rl.ipynb #777dbbb8
+# %% ../nbs/09_train_rl.ipynb #4f8cb6aa
 @call_parse
 def dr_train_rl(task:str, # task name: 'reach-v3', 'door', ...
-                reward:str='sparse', # reward name: sparse, rnd, amp, or a learned reward registered later
+                reward:str='sparse', # reward name: sparse, rnd, amp, diffusion, diffusion_fast, diffusion_likelihood, viper, viper_std
                 frames:int=None, # env frames to train; default: the preset's (3.1M for paper)
                 seed:int=1, # run seed
                 out:str=None, # output folder; default runs/TASK_REWARD_sSEED
