@@ -1,0 +1,221 @@
+"Integration tests of the tokenizer: paper preset, round trips, checkpoints, exact resume, CLI and DDP (gloo, 2 CPU processes)."
+import json, logging, os, signal, socket, subprocess, sys, textwrap
+from pathlib import Path
+import numpy as np
+import pytest
+import torch
+from diffusion_reward.core import CheckpointError
+from diffusion_reward.data import Episode, save_episode
+import diffusion_reward.tokenizer as tk
+from diffusion_reward.tokenizer import (TokenizerConfig, VQModel, Tokenizer, Quantizer, LPIPS, count_params, train_tokenizer,
+                                        synthetic_episodes, load_perceptual, bench_tokenizer)
+
+torch.set_num_threads(1)
+ENV = {**os.environ, 'DR_NO_PROGRESS': '1', 'OMP_NUM_THREADS': '1'}
+
+
+def tiny(**kw): return TokenizerConfig.preset('tiny', **kw)
+
+
+@pytest.fixture(scope='module')
+def eps(): return synthetic_episodes(4, 8, seed=3)
+
+
+def test_paper_param_count():
+    c = count_params(VQModel(TokenizerConfig.preset('paper')), tk.PatchDiscriminator())
+    # the reference counts encoder + decoder + codebook + quant_conv + post_quant_conv: 20.5M
+    assert abs(c['generator'] / 20.5e6 - 1) < 0.05, c
+    assert c['generator'] == c['encoder'] + c['decoder'] + c['codebook'] + c['quant_convs']
+    assert c['codebook'] == 1024 * 64 and 2.5e6 < c['discriminator'] < 3e6
+
+
+def test_paper_one_training_step_cpu(eps, tmp_path):
+    cfg = TokenizerConfig.preset('paper', batch_size=2, gan_start=0, init='data', init_frames=4, eval_frames=2)
+    s = train_tokenizer(cfg, [e[:3] for e in eps], tmp_path, steps=1, seed=0, device='cpu')
+    assert s['step'] == 1 and np.isfinite(s['last_train']['loss'])
+    assert {'g_loss', 'd_loss', 'adaptive_weight'} <= set(s['last_train'])  # the GAN path ran
+    assert s['params'] == count_params(VQModel(cfg))['generator']
+
+
+def test_encode_decode_contract(eps):
+    tok = Tokenizer(VQModel(tiny()), 'cpu')
+    fr = np.stack(eps[:2])  # (2, 8, 64, 64, 3) uint8
+    codes = tok.encode(fr)
+    assert codes.shape == (2, 8, 8, 8) and codes.dtype == torch.long and int(codes.max()) < tok.num_codes
+    assert tok.grid == (8, 8)
+    x = torch.from_numpy(fr).permute(0, 1, 4, 2, 3).float() / 127.5 - 1  # float channels-first in [-1, 1]
+    assert torch.equal(tok.encode(x), codes)
+    out = tok.decode(codes)
+    assert out.shape == (2, 8, 64, 64, 3) and out.dtype == torch.uint8
+    assert torch.equal(tok.decode(codes.numpy()), out)  # numpy in, same frames out
+    tok.batch_size = 3  # chunking does not change results
+    assert torch.equal(tok.encode(fr), codes) and torch.equal(tok.decode(codes), out)
+    for bad, msg in [(fr.astype(np.float32), 'channels first'), (x * 255, 'must lie in [-1, 1]'),
+                     (fr.astype(np.int32), 'dtype'), (fr[..., :32, :], '(..., 64, 64, 3)'), ([1, 2], 'numpy array or torch tensor')]:
+        with pytest.raises(ValueError, match=None) as e: tok.encode(bad)
+        assert msg in str(e.value), (msg, str(e.value))
+    for bad, msg in [(codes.float(), 'integer'), (codes[..., :7], '(..., 8, 8)'), (codes * 0 - 1, 'must lie in [0, 32)')]:
+        with pytest.raises(ValueError) as e: tok.decode(bad)
+        assert msg in str(e.value)
+
+
+def test_quantizer_restarts_dead_codes_and_ema_tracks_data():
+    torch.manual_seed(0)
+    q = Quantizer(8, 4, restart_after=2)
+    z = torch.randn(4, 4, 8, 8) + 3  # the uniform init codes are near 0: all but one code is dead at first
+    for _ in range(10): _, idx, _, st = q(z)
+    assert st['codes_used'] >= 6  # restarts moved the unused codes onto data
+    q.eval(); before = q.embed.clone(); q(z)
+    assert torch.equal(before, q.embed)  # no updates in eval mode
+    # EMA with decay 0 puts each used code at the mean of its vectors
+    q2 = Quantizer(8, 4, decay=0.0, restart_after=0); q2.init_codebook(z.permute(0, 2, 3, 1).reshape(-1, 4), 'data')
+    _, idx, _, _ = q2(z)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 4); k = int(idx.flatten()[0])
+    assert torch.allclose(q2.embed[k], flat[idx.flatten() == k].mean(0), atol=1e-4)
+
+
+def _state(path):
+    ck = torch.load(path, weights_only=True)
+    return ck
+
+
+def _assert_same(a, b, path=''):
+    if isinstance(a, torch.Tensor): assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert set(a) == set(b), path
+        for k in a: _assert_same(a[k], b[k], f'{path}.{k}')
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)): _assert_same(x, y, f'{path}[{i}]')
+    else: assert a == b, (path, a, b)
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(eps, tmp_path):
+    cfg = tiny(ckpt_every=3, eval_every=4)  # GAN on from step 2, restarts every 4 unused steps: every state is exercised
+    train_tokenizer(cfg, eps, tmp_path / 'a', steps=8, seed=1)
+
+    class Killed(Exception): pass
+    def kill(step, m):
+        if step == 5: raise Killed  # dies after step 5; the last checkpoint is from step 3
+    with pytest.raises(Killed): train_tokenizer(cfg, eps, tmp_path / 'b', steps=8, seed=1, callback=kill)
+    assert _state(tmp_path / 'b' / 'last.pt')['step'] == 3
+    s = train_tokenizer(cfg, eps, tmp_path / 'b', steps=8, seed=1, resume=True)
+    a, b = _state(tmp_path / 'a' / 'last.pt'), _state(tmp_path / 'b' / 'last.pt')
+    assert a['step'] == b['step'] == 8
+    for k in ('model', 'disc', 'opt', 'opt_d', 'sampler', 'rng', 'best'): _assert_same(a[k], b[k], k)
+    assert json.loads((tmp_path / 'a' / 'summary.json').read_text())['heldout_psnr'] == s['heldout_psnr']
+
+
+def test_resume_and_load_refuse_mismatches(eps, tmp_path):
+    train_tokenizer(tiny(), eps, tmp_path, steps=2, seed=0)
+    with pytest.raises(ValueError, match='already holds a run'): train_tokenizer(tiny(), eps, tmp_path, steps=4)
+    with pytest.raises(CheckpointError, match='config differs'): train_tokenizer(tiny(beta=0.5), eps, tmp_path, steps=4, resume=True)
+    with pytest.raises(CheckpointError, match='training data differ'):
+        train_tokenizer(tiny(), synthetic_episodes(4, 8, seed=9), tmp_path, steps=4, resume=True)
+    with pytest.raises(CheckpointError, match='no last.pt'): train_tokenizer(tiny(), eps, tmp_path / 'new', steps=4, resume=True)
+    with pytest.raises(CheckpointError, match='architecture differs'):
+        Tokenizer.from_checkpoint(tmp_path / 'best.pt', config=tiny(num_codes=64))
+    torch.save({'kind': 'something else'}, tmp_path / 'other.pt')
+    with pytest.raises(CheckpointError, match='not a tokenizer checkpoint'): Tokenizer.from_checkpoint(tmp_path / 'other.pt')
+    tok = Tokenizer.from_checkpoint(tmp_path / 'best.pt', 'cpu', config=tiny(lr=0.1))  # training-only fields may differ
+    assert tok.num_codes == 32
+
+
+def test_checkpoints_are_self_describing(eps, tmp_path):
+    s = train_tokenizer(tiny(), eps, tmp_path, steps=3, seed=0)
+    for name in ('last.pt', 'best.pt'):
+        ck = torch.load(tmp_path / name, weights_only=True)
+        assert ck['kind'] == 'diffusion_reward.tokenizer' and ck['config'] == tiny().to_dict()
+        assert ck['data']['train_frames'] + ck['data']['test_frames'] == 32 and len(ck['data']['sha1']) == 40
+        assert ck['code_version']['torch'] and ck['step'] == 3
+    summ = json.loads((tmp_path / 'summary.json').read_text())
+    assert {'heldout_psnr', 'perplexity', 'codes_used', 'params', 'seconds'} <= set(summ)
+    assert summ['heldout_psnr'] == s['heldout_psnr'] and 1 <= summ['codes_used'] <= 32
+    assert list((tmp_path / 'tb').glob('events.out.tfevents.*'))
+    ev = tk.evaluate_tokenizer(Tokenizer.from_checkpoint(tmp_path / 'best.pt', 'cpu').model, tk.prepare_frames(eps, seed=0)[1])
+    assert abs(ev['psnr'] - summ['heldout_psnr']) < 1e-9
+
+
+def _write_episodes(root, eps, task='reach-v3'):
+    for i, fr in enumerate(eps):
+        save_episode(Episode(fr, np.zeros(len(fr) - 1, bool), dict(task=task, policy='expert', domain='metaworld')),
+                     Path(root) / task / 'expert' / f'ep{i:06d}.npz')
+
+
+def test_cli_trains_on_episode_folders(eps, tmp_path):
+    _write_episodes(tmp_path / 'data', eps)
+    out = tmp_path / 'run'
+    r = subprocess.run(['dr_train_tokenizer', str(tmp_path / 'data'), '--preset', 'tiny', '--steps', '4', '--out', str(out),
+                        '--threads', '1', '--batch_size', '2', '--gan_start', '-1'], capture_output=True, text=True, env=ENV, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert 'perceptual (LPIPS) loss OFF' in r.stderr and r.stderr.count('LPIPS) loss OFF') == 1
+    s = json.loads((out / 'summary.json').read_text())
+    assert s['step'] == 4 and s['config']['batch_size'] == 2 and s['gan'] is False and s['data']['test_episodes'] == 1
+    r = subprocess.run(['dr_train_tokenizer', str(tmp_path / 'data'), '--preset', 'tiny', '--steps', '6', '--out', str(out),
+                        '--threads', '1', '--batch_size', '2', '--gan_start', '-1', '--resume'], capture_output=True, text=True, env=ENV, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / 'summary.json').read_text())['step'] == 6
+
+
+def _free_port():
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+def test_ddp_two_gloo_processes_match_one_process(eps, tmp_path):
+    "2 processes x batch 2 (gloo, CPU, float32) make the same step as 1 process x batch 4; with the GAN on they stay in sync."
+    np.savez(tmp_path / 'eps.npz', *eps)
+    script = tmp_path / 'ddp.py'
+    script.write_text(textwrap.dedent(f'''
+        import numpy as np, torch, torch.distributed as dist
+        from diffusion_reward.tokenizer import TokenizerConfig, train_tokenizer
+        torch.set_num_threads(1)
+        dist.init_process_group('gloo')  # one group for both runs (train_tokenizer uses a group it finds)
+        z = np.load({str(tmp_path / 'eps.npz')!r}); eps = [z[k] for k in sorted(z.files, key=lambda k: int(k.split('_')[1]))]
+        cfg = TokenizerConfig.preset('tiny', batch_size=2, gan=False, restart_after=0, amp=False)
+        train_tokenizer(cfg, eps, {str(tmp_path / 'ddp')!r}, steps=1, seed=0)
+        train_tokenizer(TokenizerConfig.preset('tiny', batch_size=2, gan_start=1), eps, {str(tmp_path / 'ddp_gan')!r}, steps=3, seed=0)
+        dist.destroy_process_group()
+    '''))
+    p = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(_free_port()),
+                          str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True)
+    try: out, err = p.communicate(timeout=150)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL); out, err = p.communicate()
+        pytest.fail('torchrun timed out: ' + err[-2000:])
+    assert p.returncode == 0, out[-3000:] + err[-3000:]
+    assert json.loads((tmp_path / 'ddp' / 'summary.json').read_text())['world_size'] == 2
+    assert json.loads((tmp_path / 'ddp_gan' / 'summary.json').read_text())['last_train']['d_loss'] > 0
+    train_tokenizer(tiny(batch_size=4, gan=False, restart_after=0, amp=False), eps, tmp_path / 'single', steps=1, seed=0)
+    a = torch.load(tmp_path / 'ddp' / 'last.pt', weights_only=True)['model']
+    b = torch.load(tmp_path / 'single' / 'last.pt', weights_only=True)['model']
+    # one AdamW step moves weights by ~lr = 2e-3: unaveraged gradients or per-process EMA statistics would show up here
+    # (later steps are only equal to float noise, which Adam amplifies for near-zero gradients)
+    for k in a: assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5, rtol=0), k
+    assert torch.equal(a['quantizer.cluster_size'], b['quantizer.cluster_size'])
+
+
+def test_lpips_loads_local_weights_in_both_layouts(tmp_path, caplog):
+    ref = LPIPS()
+    torch.save(ref.state_dict(), tmp_path / 'lpips.pt')  # the lpips package's key layout
+    tv = {k.replace('net.slice', 'S'): v for k, v in ref.state_dict().items()}
+    tv = {(f"features.{k.split('.')[1]}.{k.split('.')[2]}" if k.startswith('S') else k): v for k, v in tv.items()}
+    torch.save(tv, tmp_path / 'tv.pt')  # torchvision vgg16 'features.N.*' keys + lin heads
+    a, b = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
+    for f in ('lpips.pt', 'tv.pt'):
+        lp = load_perceptual(tmp_path / f)
+        assert torch.allclose(lp(a, b), ref.eval()(a, b), atol=1e-5) and not any(p.requires_grad for p in lp.parameters())
+    with caplog.at_level(logging.WARNING):
+        assert load_perceptual(tmp_path / 'missing.pt') is None
+    assert sum('LPIPS) loss OFF' in r.message for r in caplog.records) == 1
+
+
+def test_lpips_term_enters_training(eps, tmp_path):
+    torch.save({k: v.abs() if k.startswith('lin') else v for k, v in LPIPS().state_dict().items()}, tmp_path / 'lpips.pt')
+    s = train_tokenizer(tiny(lpips_path=str(tmp_path / 'lpips.pt'), gan=False), eps, tmp_path / 'run', steps=2, seed=0)
+    assert s['perceptual'] and s['last_train']['perceptual'] > 0
+
+
+def test_bench_tokenizer_reports_ratio():
+    b = bench_tokenizer(('tiny', 'small'), 'cpu', batch=8, min_seconds=0.1)
+    assert b['tiny_encode_fps'] > 0 and b['small_encode_fps'] > 0
+    assert b['small_over_tiny'] == pytest.approx(b['small_encode_fps'] / b['tiny_encode_fps'])
