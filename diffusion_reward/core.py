@@ -45,6 +45,10 @@ def get_device(device:str|torch.device='auto') -> torch.device:
     return torch.device('cpu')
 
 # %% ../nbs/00_core.ipynb #f69a01f2
+def _umask() -> int:
+    mask = os.umask(0); os.umask(mask)
+    return mask
+
 @contextlib.contextmanager
 def atomic_write(path:str|Path, # final file name
                  mode:str='wb', # 'wb' or 'w'
@@ -53,6 +57,7 @@ def atomic_write(path:str|Path, # final file name
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; results should get the usual permissions
     try:
         with os.fdopen(fd, mode) as f:
             yield f

@@ -24,18 +24,18 @@ class QuickstartConfig(Config):
     "Sizes and budgets of the main job."
     task:str = 'coffee-push-v3'     # any MetaWorld 3 task
     train_episodes:int = 20         # expert episodes the models learn from
-    test_episodes:int = 5           # held-out expert episodes, scored
+    test_episodes:int = 10          # held-out expert episodes, scored
     random_episodes:int = 10        # uniform-random episodes, scored
     noisy_levels:tuple = (0.25, 0.5, 0.75)  # noisy-expert noise levels, scored
-    noisy_episodes:int = 5          # episodes per noise level
+    noisy_episodes:int = 10         # episodes per noise level
     episode_steps:int|None = None   # None: the task preset's (100 for MetaWorld)
     tokenizer_preset:str = 'small'
-    tokenizer_steps:int = 3000
+    tokenizer_steps:int = 6000
     tokenizer_minutes:float = 4.0   # training-time cap
     video_preset:str = 'small'
-    video_steps:int = 1500
+    video_steps:int = 3000
     video_minutes:float = 5.0       # training-time cap
-    estimator:str = 'one_pass'      # reward estimator for stats and evaluation
+    estimator:str = 'one_pass'      # reward estimator: one pass ranked better than the 11-call chain here, at 1/11 the cost
     seed:int = 0
 
 QuickstartConfig.presets = {

@@ -72,7 +72,7 @@ def test_dr_eval_and_dr_relabel_clis(tiny_run, tmp_path):
     ev = json.loads((tmp_path/'ev'/'eval.json').read_text())
     assert ev['estimator']['estimator'] == 'entropy' and ev['standardized'] is False
     assert 'verdict' in ev['tasks']['reach-v3']
-    r = subprocess.run(['dr_relabel', str(ckpt), str(out/'data'), '--out', str(tmp_path/'rew.npz'), '--task', 'reach-v3', '--estimator', 'one_pass'],
+    r = subprocess.run(['dr_relabel', str(ckpt), str(out/'data'), str(tmp_path/'rew.npz'), '--task', 'reach-v3', '--estimator', 'one_pass'],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     with np.load(tmp_path/'rew.npz') as z:
