@@ -55,7 +55,7 @@ def test_reward_from_checkpoint_standardises_and_checks_stats(tiny_run, tmp_path
         DiffusionReward.from_checkpoint(ckpt, task='reach-v3', estimator='entropy')
     with pytest.raises(CheckpointError, match="no statistics for task 'door'"):
         DiffusionReward.from_checkpoint(ckpt, task='door', estimator='one_pass')
-    with pytest.raises(ValueError, match='needs the task name'):
+    with pytest.raises(ValueError, match='need the task name'):
         DiffusionReward.from_checkpoint(ckpt, estimator='one_pass')
     # a retrained (here: altered) checkpoint no longer matches the statistics beside it
     other = tmp_path/'video'; shutil.copytree(out/'video', other, ignore=shutil.ignore_patterns('tb', 'token_cache'))
