@@ -109,16 +109,14 @@ def test_likelihood_windows_exclude_the_target():
 
 # --- tiny checkpoints on real reach-v3 episodes
 
-@pytest.fixture(scope='module')
-def tiny_models(tmp_path_factory):
-    "Expert reach-v3 episodes, a tiny tokenizer, video model (+ entropy statistics) and VIPER model (+ statistics)."
+def _tiny_learned_models(root:Path, task:str, expert_policy=None) -> dict:
+    "Expert episodes of `task`, a tiny tokenizer, video model (+ entropy statistics) and VIPER model (+ statistics)."
     from diffusion_reward.data import collect, find_episodes
     from diffusion_reward.tokenizer import train_tokenizer
     from diffusion_reward.video_model import tokenize_episodes, train_video_model, VideoModelConfig, VideoTrainConfig
     from diffusion_reward.reward import dr_reward_stats
-    root = tmp_path_factory.mktemp('learned')
     data = root / 'data'
-    collect(TASK, 'expert', 3, 0, data, episode_steps=8, split='train')
+    collect(task, 'expert', 3, 0, data, episode_steps=8, split='train', expert_policy=expert_policy)
     paths = [str(p) for p in find_episodes(data)]
     train_tokenizer('tiny', paths, root / 'tok', steps=4, seed=0, device='cpu')
     tok = root / 'tok' / 'best.pt'
@@ -127,9 +125,19 @@ def tiny_models(tmp_path_factory):
     train_video_model(toks, root / 'video', VideoModelConfig.preset('tiny', num_codes=32), vcfg, seed=0, device='cpu',
                       data_summary=info, tensorboard=False)
     video = root / 'video' / 'video_model.pt'
-    dr_reward_stats(video_ckpt=str(video), data=str(data), task=TASK, device='cpu')
+    dr_reward_stats(video_ckpt=str(video), data=str(data), task=task, device='cpu')
     s = dr_train_viper(str(data), tokenizer=str(tok), out=str(root / 'viper'), preset='tiny', steps=20, seed=0, device='cpu')
     return dict(root=root, data=data, tokenizer=tok, video=video, viper=root / 'viper' / 'viper.pt', viper_summary=s)
+
+@pytest.fixture(scope='module')
+def tiny_models(tmp_path_factory):
+    "Tiny learned-reward checkpoints on reach-v3 expert episodes."
+    return _tiny_learned_models(tmp_path_factory.mktemp('learned'), TASK)
+
+@pytest.fixture(scope='module')
+def tiny_door_models(tmp_path_factory, dapg_dir):
+    "Tiny learned-reward checkpoints on Adroit door episodes of the DAPG expert."
+    return _tiny_learned_models(tmp_path_factory.mktemp('learned_door'), 'door', expert_policy=str(dapg_dir / 'door-v0.pickle'))
 
 
 def test_dr_train_viper_writes_model_and_expert_statistics(tiny_models):
@@ -198,6 +206,14 @@ def test_dr_train_rl_runs_with_learned_reward(tiny_models, tmp_path, reward):
     ckpt = tiny_models['video'] if reward == 'diffusion' else tiny_models['viper']
     out = tmp_path / reward
     dr_train_rl(TASK, reward=reward, frames=1, preset='tiny', eval_episodes=1, out=str(out), reward_checkpoint=str(ckpt), device='cpu')
+    _check_run(out, reward)
+
+
+@pytest.mark.parametrize('reward', ['diffusion', 'viper', 'viper_std'])
+def test_dr_train_rl_runs_with_learned_reward_on_adroit_door(tiny_door_models, tmp_path, reward):
+    ckpt = tiny_door_models['video'] if reward == 'diffusion' else tiny_door_models['viper']
+    out = tmp_path / reward
+    dr_train_rl('door', reward=reward, frames=1, preset='tiny', eval_episodes=1, out=str(out), reward_checkpoint=str(ckpt), device='cpu')
     _check_run(out, reward)
 
 
