@@ -74,17 +74,21 @@ class AdaLayerNorm(nn.Module):
         return self.norm(x) * (1 + scale) + shift
 
 class SelfAttention(nn.Module):
-    "Multi-head self-attention over the content tokens."
-    def __init__(self, width:int, heads:int, dropout:float=0.):
+    "Multi-head self-attention over the content tokens (`causal`: position j sees positions <= j)."
+    def __init__(self, width:int, heads:int, dropout:float=0.,
+                 causal:bool=False, # autoregressive mask (the VIPER baseline)
+                 out_dropout:bool=True, # dropout on the output projection too
+                ):
         super().__init__()
-        self.heads, self.dropout = heads, dropout
+        self.heads, self.dropout, self.causal, self.out_dropout = heads, dropout, causal, out_dropout
         self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
 
     def forward(self, x:Tensor) -> Tensor: # (B, L, W)
         B, L, W = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, d)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.)
-        return F.dropout(self.proj(y.transpose(1, 2).reshape(B, L, W)), self.dropout, self.training)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, dropout_p=self.dropout if self.training else 0.)
+        y = self.proj(y.transpose(1, 2).reshape(B, L, W))
+        return F.dropout(y, self.dropout, self.training) if self.out_dropout else y
 
 class CrossAttention(nn.Module):
     "Multi-head attention from the content tokens to the condition; keys/values can be computed once and reused."

@@ -16,13 +16,13 @@ from fastcore.script import call_parse, store_true
 from .core import (Config, DataError, CheckpointError, seed_everything, get_device, save_json, load_json,
                                    save_checkpoint, load_checkpoint, progress, package_versions)
 from .reward import likelihood_windows, stats_entry, update_stats_file, lookup_stats, check_frames
-from .video_model import file_sha256, tokenize_episodes, param_groups
+from .video_model import file_sha256, tokenize_episodes, param_groups, SelfAttention
 from .rnd import RNDConfig
 from .train_rl import register_reward, RewardContext, MixedReward
 
 # %% auto #0
-__all__ = ['CKPT_KIND', 'TRAIN_KIND', 'VIPER_STATS_FILE', 'STATS_KEY', 'VIPER_RND_WEIGHT', 'ViperConfig', 'CausalSelfAttention',
-           'Block', 'ViperTransformer', 'check_tokens', 'target_logits', 'log_likelihood', 'viper_loss', 'ViperWindows',
+__all__ = ['CKPT_KIND', 'TRAIN_KIND', 'VIPER_STATS_FILE', 'STATS_KEY', 'VIPER_RND_WEIGHT', 'ViperConfig', 'Block',
+           'ViperTransformer', 'check_tokens', 'target_logits', 'log_likelihood', 'viper_loss', 'ViperWindows',
            'viper_log_likelihoods', 'evaluate_viper', 'train_viper', 'load_viper', 'viper_stats', 'ViperReward',
            'dr_train_viper', 'bench_viper']
 
@@ -68,26 +68,13 @@ ViperConfig.presets = {
 }
 
 # %% ../nbs/14_viper.ipynb #6889f5b8
-class CausalSelfAttention(nn.Module):
-    "Multi-head self-attention where position j attends to positions <= j."
-    def __init__(self, width:int, heads:int, dropout:float=0.):
-        super().__init__()
-        self.heads, self.dropout = heads, dropout
-        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
-
-    def forward(self, x:Tensor) -> Tensor: # (B, L, W)
-        B, L, W = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, W/H)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.)
-        return self.proj(y.transpose(1, 2).reshape(B, L, W))
-
 class Block(nn.Module):
     "Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."
     def __init__(self, cfg:ViperConfig):
         super().__init__()
         w = cfg.width
         self.ln1, self.ln2 = nn.LayerNorm(w), nn.LayerNorm(w)
-        self.attn = CausalSelfAttention(w, cfg.num_heads, cfg.dropout)
+        self.attn = SelfAttention(w, cfg.num_heads, cfg.dropout, causal=True, out_dropout=False)
         self.mlp = nn.Sequential(nn.Linear(w, cfg.mlp_ratio * w), nn.GELU(), nn.Linear(cfg.mlp_ratio * w, w), nn.Dropout(cfg.dropout))
 
     def forward(self, x:Tensor) -> Tensor: # (B, L, W)
