@@ -13,10 +13,12 @@ from fastcore.script import call_parse
 from .core import Config, seed_everything, save_json, load_json, atomic_write, progress
 from .envs import get_preset, contact_sheet
 from .data import collect, find_episodes, load_episode
+from .reward import RewardConfig
 
 # %% auto #0
-__all__ = ['QuickstartConfig', 'collection_plan', 'Stages', 'stage_collect', 'stage_preview', 'stage_tokenizer', 'stage_video',
-           'stage_stats', 'stage_eval', 'write_report', 'quickstart', 'load_json_roundtrip', 'dr_quickstart']
+__all__ = ['REPORT_KEYS', 'SCORING_FIELDS', 'QuickstartConfig', 'collection_plan', 'Stages', 'stage_collect', 'stage_preview',
+           'stage_tokenizer', 'stage_video', 'stage_stats', 'stage_eval', 'write_report', 'quickstart',
+           'load_json_roundtrip', 'dr_quickstart']
 
 # %% ../nbs/13_quickstart.ipynb #a326d25d
 @dataclass
@@ -35,7 +37,8 @@ class QuickstartConfig(Config):
     video_preset:str = 'small'
     video_steps:int = 3000
     video_minutes:float = 5.0       # training-time cap
-    estimator:str = 'one_pass'      # reward estimator: one pass ranked better than the 11-call chain here, at 1/11 the cost
+    estimator:str = 'one_pass_likelihood'  # the reward judged: log p(observed next frame | history), one network call
+    compare:tuple = ('one_pass',)   # estimators scored beside it: the paper's entropy, in one pass
     seed:int = 0
 
 QuickstartConfig.presets = {
@@ -127,31 +130,37 @@ def stage_stats(cfg:QuickstartConfig, data:Path, video_ckpt:Path) -> dict:
     dr_reward_stats(video_ckpt=str(video_ckpt), data=str(data), task=cfg.task, split='train', estimator=cfg.estimator, seed=cfg.seed)
     return lookup_stats(video_ckpt.parent/STATS_FILE, file_sha256(video_ckpt), RewardConfig(estimator=cfg.estimator).key, cfg.task)
 
+REPORT_KEYS = ('auroc_expert_vs_random', 'auroc_expert_vs_noisy', 'spearman_noise')
+
 def stage_eval(cfg:QuickstartConfig, data:Path, video_ckpt:Path, out:Path) -> dict:
     "Score held-out experts, random and noisy episodes; eval.json and plots."
     from diffusion_reward.report import run_eval
-    r = run_eval(video_ckpt, str(data), out, [cfg.task], 'test', True, seed=cfg.seed, estimator=cfg.estimator)
+    r = run_eval(video_ckpt, str(data), out, [cfg.task], 'test', True, seed=cfg.seed, compare=tuple(cfg.compare), estimator=cfg.estimator)
     t = r['tasks'][cfg.task]
-    return dict(learned={k: t['learned'][k] for k in ('auroc_expert_vs_random', 'auroc_expert_vs_noisy', 'spearman_noise')},
-                baseline_tokens={k: t['baseline_tokens'][k] for k in ('auroc_expert_vs_random', 'auroc_expert_vs_noisy', 'spearman_noise')},
-                baseline_pixels={k: t['baseline_pixels'][k] for k in ('auroc_expert_vs_random', 'auroc_expert_vs_noisy', 'spearman_noise')},
+    names = ['learned'] + [f'learned_{e}' for e in r['compare']] + ['baseline_tokens', 'baseline_pixels']
+    return dict(estimator=cfg.estimator, rows={n: {k: t[n][k] for k in REPORT_KEYS} for n in names},
                 verdict=t['verdict'], eval_json=str(out/'eval.json'))
 
 # %% ../nbs/13_quickstart.ipynb #386476a8
 def _fmt(x): return 'n/a' if x is None else f'{x:.3f}'
 
+def _row_name(name:str, estimator:str) -> str:
+    if name == 'learned': return f'learned ({estimator}): judged'
+    if name.startswith('learned_'): return f"learned ({name[len('learned_'):]}), same model"
+    return {'baseline_tokens': 'baseline: minus changed tokens', 'baseline_pixels': 'baseline: minus pixel change'}[name]
+
 def write_report(cfg:QuickstartConfig, results:dict, out:Path) -> str:
     "A markdown report of every stage, written to out/report.md."
     ev = results['eval']
-    rows = [('learned (diffusion reward, ' + cfg.estimator + ')', ev['learned']), ('baseline: minus changed tokens', ev['baseline_tokens']),
-            ('baseline: minus pixel change', ev['baseline_pixels'])]
     lines = [f'# Diffusion Reward quickstart: {cfg.task}', '',
              f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
              f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}.", '',
              '| reward | AUROC expert vs random | AUROC expert vs noisy | Spearman(reward, noise) |', '|---|---|---|---|']
-    lines += [f"| {name} | {_fmt(r['auroc_expert_vs_random'])} | {_fmt(r['auroc_expert_vs_noisy'])} | {_fmt(r['spearman_noise'])} |" for name, r in rows]
+    lines += [f"| {_row_name(n, ev['estimator'])} | {_fmt(r['auroc_expert_vs_random'])} | {_fmt(r['auroc_expert_vs_noisy'])} | "
+              f"{_fmt(r['spearman_noise'])} |" for n, r in ev['rows'].items()]
     beats = ev['verdict'].get('beats_baseline')
-    lines += ['', 'The learned reward ' + ('beats' if beats else 'does NOT beat') + ' the better trivial baseline on every AUROC.', '',
+    lines += ['', f"The judged reward ({ev['estimator']}) " + ('beats' if beats else 'does NOT beat') +
+              ' the better trivial baseline on every AUROC (a tie at 1.000 counts).', '',
               '| stage | seconds |', '|---|---|'] + [f"| {k} | {v.get('seconds', 0):.0f} |" for k, v in results.items()]
     lines += ['', f"Total: {sum(v.get('seconds', 0) for v in results.values()):.0f} s.", '',
               f"Data: {results['collect']}", '', f"Tokenizer: {results['tokenizer']}", '', f"Video model: {results['video']}", '',
@@ -161,15 +170,28 @@ def write_report(cfg:QuickstartConfig, results:dict, out:Path) -> str:
     return text
 
 # %% ../nbs/13_quickstart.ipynb #2f781e1f
+SCORING_FIELDS = ('estimator', 'compare')  # changing only these re-scores the trained models
+
+def _check_config(cfg:QuickstartConfig, out:Path, st:Stages):
+    "Refuse a folder holding another run; on a change of scoring fields only, forget the stats and eval stages."
+    path = out/'config.json'
+    if not path.exists(): return
+    old, new = load_json(path), load_json_roundtrip(cfg)
+    changed = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
+    if changed - set(SCORING_FIELDS):
+        raise ValueError(f'{out} holds a run with another configuration ({path}: {", ".join(sorted(changed))} differ); use another --out')
+    if changed:
+        print(f'{", ".join(sorted(changed))} changed: re-scoring the trained models')
+        for name in ('stats', 'eval'): (st.dir/f'{name}.json').unlink(missing_ok=True)
+
 def quickstart(cfg:QuickstartConfig, out:str|Path) -> dict:
     "Run (or resume) the main job into `out`; returns every stage's result."
     out = Path(out); seed_everything(cfg.seed)
     get_preset(cfg.task)  # unknown task: fail before any work
-    cfg_path = out/'config.json'
-    if cfg_path.exists() and load_json(cfg_path) != load_json_roundtrip(cfg):
-        raise ValueError(f'{out} holds a run with another configuration ({cfg_path}); use another --out')
-    save_json(cfg.to_dict(), cfg_path)
+    for e in (cfg.estimator, *cfg.compare): RewardConfig(estimator=e)
     data, st = out/'data', Stages(out)
+    _check_config(cfg, out, st)
+    save_json(cfg.to_dict(), out/'config.json')
     r = {}
     r['collect'] = st.run('collect', lambda: stage_collect(cfg, data))
     r['preview'] = st.run('preview', lambda: stage_preview(cfg, data, out/'preview'))
@@ -190,11 +212,13 @@ def load_json_roundtrip(cfg:Config) -> dict:
 def dr_quickstart(task:str='coffee-push-v3', # any MetaWorld 3 task
                   out:str='runs/quickstart', # output folder (a rerun resumes it)
                   preset:str='cpu', # cpu (the full main job, about 15 minutes on 2 cores) | tiny (a smoke test)
-                  estimator:str=None, # reward estimator: one_pass | entropy | likelihood (default: the preset's)
+                  estimator:str=None, # reward judged: one_pass_likelihood | one_pass | entropy | likelihood (default: the preset's)
+                  compare:str=None, # estimators scored beside it, comma-separated ('none': no others; default: the preset's)
                   seed:int=0, # seed of every stage
                   threads:int=None, # torch CPU threads (default: all cores)
                  ):
     "Collect expert/random/noisy videos, train tokenizer and video model, standardise and evaluate the reward; write report.md."
     if threads: torch.set_num_threads(threads)
     over = dict(task=task, seed=seed) | (dict(estimator=estimator) if estimator else {})
+    if compare: over['compare'] = () if compare == 'none' else tuple(e.strip() for e in compare.split(',') if e.strip())
     quickstart(QuickstartConfig.preset(preset, **over), out)

@@ -39,6 +39,7 @@ def episode_groups(data:str|list, # episode folders, comma-separated or a list
 # %% ../nbs/12_report.ipynb #c0889357
 def evaluate_task(reward:DiffusionReward, groups:dict, # kind -> episode paths
                   stats:dict|None=None, # {'mean', 'std'}: standardise the learned reward
+                  compare:tuple=(), # other estimators of the same model to score beside it (raw)
                  ) -> dict:
     "Scores, per-step curves and discrimination reports of the learned reward and the baselines."
     kinds = list(groups)
@@ -49,8 +50,11 @@ def evaluate_task(reward:DiffusionReward, groups:dict, # kind -> episode paths
     it = iter(raw)
     learned = {k: [next(it) for _ in tokens[k]] for k in kinds}
     if stats: learned = {k: [(r - stats['mean']) / stats['std'] for r in v] for k, v in learned.items()}
-    curves = dict(learned=learned,
-                  baseline_tokens={k: [frame_change_reward(t.cpu().numpy()) for t in tokens[k]] for k in kinds},
+    curves = dict(learned=learned)
+    for est in compare:
+        it = iter(score_token_episodes(reward.model, flat, reward.cfg.replace(estimator=est), show_progress=True))
+        curves[f'learned_{est}'] = {k: [next(it) for _ in tokens[k]] for k in kinds}
+    curves.update(baseline_tokens={k: [frame_change_reward(t.cpu().numpy()) for t in tokens[k]] for k in kinds},
                   baseline_pixels={k: [frame_change_reward(f) for f in frames[k]] for k in kinds})
     scores = {name: {k: [float(np.mean(r)) for r in v] for k, v in c.items()} for name, c in curves.items()}
     reports = {name: discrimination_report(s) for name, s in scores.items()}
@@ -64,7 +68,7 @@ def verdict(reports:dict) -> dict:
         learned = reports['learned'].get(key)
         base = [reports[b].get(key) for b in ('baseline_tokens', 'baseline_pixels') if reports[b].get(key) is not None]
         if learned is None or not base: continue
-        out[key] = dict(learned=learned, best_baseline=max(base), beats_baseline=learned > max(base))
+        out[key] = dict(learned=learned, best_baseline=max(base), beats_baseline=bool(learned > max(base) or learned >= 1.0))
     out['beats_baseline'] = all(v['beats_baseline'] for v in out.values() if isinstance(v, dict)) if out else None
     return out
 
@@ -78,21 +82,30 @@ def _tasks_in(data:str) -> list:
                 if t: tasks.add(t)
     return sorted(tasks)
 
+def _summary_line(rep:dict) -> str:
+    r = lambda x: 'n/a' if x is None else f'{x:.3f}'
+    return (f"AUROC expert/random {r(rep['auroc_expert_vs_random'])}, expert/noisy {r(rep['auroc_expert_vs_noisy'])}, "
+            f"spearman(noise) {r(rep['spearman_noise'])}")
+
 def run_eval(video_ckpt:str|Path, data:str, out:str|Path, tasks:list|None=None, expert_split:str|None='test',
-             standardize:bool=True, tokenizer:str|None=None, device='auto', seed:int=0, **reward_cfg) -> dict:
+             standardize:bool=True, tokenizer:str|None=None, device='auto', seed:int=0,
+             compare:tuple=(), # other estimators scored beside the configured one
+             **reward_cfg) -> dict:
     "Evaluate a trained reward on the episodes under `data`; writes eval.json and plots to `out`."
     seed_everything(seed)
     out, video_ckpt = Path(out), Path(video_ckpt)
     reward = DiffusionReward.from_checkpoint(video_ckpt, tokenizer, standardize=False, device=device, seed=seed, **reward_cfg)
     tasks = tasks or _tasks_in(data)
     if not tasks: raise DataError(data, 'no episodes with a task found')
-    result = dict(video_checkpoint=str(video_ckpt), estimator=reward.cfg.to_dict(), standardized=standardize, tasks={})
+    compare = tuple(e for e in compare if e != reward.cfg.estimator)
+    for e in compare: RewardConfig(estimator=e)  # unknown names fail before any work
+    result = dict(video_checkpoint=str(video_ckpt), estimator=reward.cfg.to_dict(), compare=list(compare), standardized=standardize, tasks={})
     for task in tasks:
         groups = episode_groups(data, task, expert_split)
         if 'expert' not in groups: raise DataError(data, f'no expert episodes of {task}')
         if len(groups) < 2: raise DataError(data, f'only expert episodes of {task}: nothing to compare against')
         stats = lookup_stats(video_ckpt.parent/STATS_FILE, file_sha256(video_ckpt), reward.cfg.key, task) if standardize else None
-        res = evaluate_task(reward, groups, stats)
+        res = evaluate_task(reward, groups, stats, compare)
         v = verdict(res['reports'])
         result['tasks'][task] = dict(**res['reports'], verdict=v, episodes=res['episodes'], scores=res['scores'])
         plots = out/'plots'
@@ -101,10 +114,8 @@ def run_eval(video_ckpt:str|Path, data:str, out:str|Path, tasks:list|None=None, 
         save_html(reward_histogram_figure(res['scores']['learned'], title=f'{task}: episode reward by policy'), plots/f'{task}_hist.html')
         save_html(roc_figure(res['scores']['learned'], title=f'{task}: expert vs others'), plots/f'{task}_roc.html')
         save_html(reward_over_time_figure(res['curves']['learned'], title=f'{task}: reward over time'), plots/f'{task}_over_time.html')
-        L = res['reports']['learned']
-        print(f"{task}: AUROC expert/random {L['auroc_expert_vs_random']:.3f}, expert/noisy "
-              f"{L['auroc_expert_vs_noisy'] if L['auroc_expert_vs_noisy'] is None else round(L['auroc_expert_vs_noisy'], 3)}, "
-              f"spearman(noise) {L['spearman_noise'] if L['spearman_noise'] is None else round(L['spearman_noise'], 3)}")
+        for name in ['learned'] + [f'learned_{e}' for e in compare]:
+            print(f"{task} [{reward.cfg.estimator if name == 'learned' else name[len('learned_'):]}]: {_summary_line(res['reports'][name])}")
         if v.get('beats_baseline') is False:
             print(f'{task}: the learned reward does NOT beat the trivial frame-change baseline on every AUROC (see eval.json verdict)')
     save_json(result, out/'eval.json')
@@ -117,10 +128,11 @@ def dr_eval(video_ckpt:str, # video_model.pt from dr_train_video
             tasks:str=None, # comma-separated tasks (default: every task found in DATA)
             expert_split:str='test', # split of expert episodes to score ('' for all)
             raw:bool=False, # score unstandardised rewards (no reward_stats.json needed)
-            estimator:str='entropy', # entropy | one_pass | likelihood
+            estimator:str='entropy', # entropy | one_pass | likelihood | one_pass_likelihood
+            compare:str=None, # other estimators to score beside it, comma-separated (e.g. one_pass)
             stride:int=10, num_samples:int=1, noise_scale:float=1.0, batch_size:int=256,
             tokenizer:str=None, # tokenizer checkpoint (default: recorded in the video checkpoint)
             device:str='auto', seed:int=0):
     "Score expert vs random vs noisy episodes with the learned reward and the trivial baselines; write eval.json and plots."
     run_eval(video_ckpt, data, out, tasks.split(',') if tasks else None, expert_split or None, not raw, tokenizer, device, seed,
-             estimator=estimator, stride=stride, num_samples=num_samples, noise_scale=noise_scale, batch_size=batch_size)
+             tuple(e.strip() for e in compare.split(',') if e.strip()) if compare else (), estimator=estimator, stride=stride, num_samples=num_samples, noise_scale=noise_scale, batch_size=batch_size)

@@ -17,10 +17,11 @@ from .scheduler import log_onehot
 from .video_model import VideoDiffusion, VideoModelConfig, file_sha256
 
 # %% auto #0
-__all__ = ['STATS_FILE', 'REFERENCE_REWARDS_PER_S', 'entropy_windows', 'likelihood_windows', 'entropy_elbo', 'one_pass_entropy',
-           'likelihood_elbo', 'RewardConfig', 'score_windows', 'score_token_episodes', 'stats_entry',
-           'update_stats_file', 'lookup_stats', 'check_frames', 'DiffusionReward', 'combine_rewards',
-           'DiffusionRewardWrapper', 'relabel_episodes', 'dr_reward_stats', 'dr_relabel', 'bench_reward']
+__all__ = ['ESTIMATORS', 'STATS_FILE', 'REFERENCE_REWARDS_PER_S', 'entropy_windows', 'likelihood_windows', 'entropy_elbo',
+           'all_mask_prediction', 'one_pass_entropy', 'one_pass_likelihood', 'likelihood_elbo', 'RewardConfig',
+           'score_windows', 'score_token_episodes', 'stats_entry', 'update_stats_file', 'lookup_stats', 'check_frames',
+           'DiffusionReward', 'combine_rewards', 'DiffusionRewardWrapper', 'relabel_episodes', 'dr_reward_stats',
+           'dr_relabel', 'bench_reward']
 
 # %% ../nbs/06_reward.ipynb #eeac1dec
 def entropy_windows(num_frames:int, # T, frames in the episode including the reset frame
@@ -53,14 +54,28 @@ def entropy_elbo(model:VideoDiffusion, cond:Tensor, # (B, k, g, g) condition tok
     return elbo
 
 @torch.no_grad()
-def one_pass_entropy(model:VideoDiffusion, cond:Tensor, # (B, k, g, g)
-                    ) -> Tensor: # (B,) minus the entropy of p(x0 | all-[MASK], c), nats per frame
-    "Negative entropy of the all-[MASK] prediction: one network call."
+def all_mask_prediction(model:VideoDiffusion, cond:Tensor, # (B, k, g, g)
+                       ) -> Tensor: # (B, L, K) log p(x0 | all-[MASK], c)
+    "The model's x0 prediction from the fully masked state: one network call."
     cond = model.check_tokens(cond, 'cond', model.cfg.num_cond_frames)
     B, T = len(cond), model.cfg.num_timesteps
     x = model.scheduler.all_masked((B, model.seq_len), model.device)
-    log_p = model.predict_x0(x, torch.full((B,), T - 1, device=model.device), enc=model.encode_condition(cond))
+    return model.predict_x0(x, torch.full((B,), T - 1, device=model.device), enc=model.encode_condition(cond))
+
+@torch.no_grad()
+def one_pass_entropy(model:VideoDiffusion, cond:Tensor, # (B, k, g, g)
+                    ) -> Tensor: # (B,) minus the entropy of p(x0 | all-[MASK], c), nats per frame
+    "Negative entropy of the all-[MASK] prediction: one network call."
+    log_p = all_mask_prediction(model, cond)
     return (log_p.exp() * log_p).sum((-1, -2))
+
+@torch.no_grad()
+def one_pass_likelihood(model:VideoDiffusion, cond:Tensor, # (B, k, g, g)
+                        target:Tensor, # (B, g, g) observed next-frame tokens
+                       ) -> Tensor: # (B,) log p(target | all-[MASK], c), nats per frame
+    "Log-probability of the observed frame under the all-[MASK] prediction: one network call."
+    x0 = model.check_tokens(target, 'target').reshape(len(target), -1)
+    return all_mask_prediction(model, cond).gather(-1, x0[..., None]).squeeze(-1).sum(-1)
 
 @torch.no_grad()
 def likelihood_elbo(model:VideoDiffusion, cond:Tensor, # (B, k, g, g)
@@ -79,10 +94,12 @@ def likelihood_elbo(model:VideoDiffusion, cond:Tensor, # (B, k, g, g)
     return elbo
 
 # %% ../nbs/06_reward.ipynb #75c81e8a
+ESTIMATORS = ('entropy', 'one_pass', 'likelihood', 'one_pass_likelihood')
+
 @dataclass
 class RewardConfig(Config):
     "How the diffusion reward is estimated."
-    estimator:str = 'entropy'   # 'entropy' (SPEC section 5), 'one_pass' or 'likelihood'
+    estimator:str = 'entropy'   # 'entropy' (SPEC section 5), 'one_pass', 'likelihood' or 'one_pass_likelihood'
     stride:int = 10             # diffusion steps skipped per network call (T=100, stride 10: 11 calls)
     num_samples:int = 1         # chains averaged per window (entropy)
     noise_scale:float = 1.0     # Gumbel noise of the chain (1: exact sampling)
@@ -90,17 +107,23 @@ class RewardConfig(Config):
     seed:int = 0                # seed of the chain's noise
 
     def __post_init__(self):
-        if self.estimator not in ('entropy', 'one_pass', 'likelihood'):
-            raise ValueError(f"estimator must be 'entropy', 'one_pass' or 'likelihood', got {self.estimator!r}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {', '.join(map(repr, ESTIMATORS))}, got {self.estimator!r}")
+
+    @property
+    def scores_observed(self) -> bool:
+        "Whether the estimator scores the observed next frame (likelihood windows) rather than the history alone."
+        return self.estimator in ('likelihood', 'one_pass_likelihood')
 
     @property
     def key(self) -> str:
         "What the standardisation statistics depend on."
-        if self.estimator == 'one_pass': return 'one_pass'
+        if self.estimator.startswith('one_pass'): return self.estimator
         extra = f'/samples{self.num_samples}/noise{self.noise_scale:g}' if self.estimator == 'entropy' else ''
         return f'{self.estimator}/stride{self.stride}{extra}'
 
-RewardConfig.presets = {'paper': {}, 'fast': dict(estimator='one_pass'), 'likelihood': dict(estimator='likelihood')}
+RewardConfig.presets = {'paper': {}, 'fast': dict(estimator='one_pass'), 'likelihood': dict(estimator='likelihood'),
+                        'fast_likelihood': dict(estimator='one_pass_likelihood')}
 
 # %% ../nbs/06_reward.ipynb #37b0c5d2
 def score_windows(model:VideoDiffusion, cfg:RewardConfig, cond:Tensor, # (B, k, g, g)
@@ -108,6 +131,7 @@ def score_windows(model:VideoDiffusion, cfg:RewardConfig, cond:Tensor, # (B, k, 
                   generator:torch.Generator|None=None) -> Tensor: # (B,) raw rewards
     "Raw rewards of explicit condition windows with the configured estimator."
     if cfg.estimator == 'one_pass': return one_pass_entropy(model, cond)
+    if cfg.estimator == 'one_pass_likelihood': return one_pass_likelihood(model, cond, target)
     if cfg.estimator == 'likelihood': return likelihood_elbo(model, cond, target, cfg.stride, generator)
     return torch.stack([entropy_elbo(model, cond, cfg.stride, cfg.noise_scale, generator)
                         for _ in range(cfg.num_samples)]).mean(0)
@@ -120,7 +144,7 @@ def score_token_episodes(model:VideoDiffusion, episodes:list, # (T_i, g, g) inte
     toks = [model.check_tokens(torch.as_tensor(np.asarray(e).astype(np.int64)), f'episode {i} tokens') for i, e in enumerate(episodes)]
     conds, targets = [], []
     for e in toks:
-        if cfg.estimator == 'likelihood':
+        if cfg.scores_observed:
             ci, ti = likelihood_windows(len(e), k); targets.append(e[torch.as_tensor(ti)])
         else:
             ci = entropy_windows(len(e), k)
@@ -322,7 +346,7 @@ def dr_reward_stats(video_ckpt:str, # video_model.pt from dr_train_video
                     task:str, # task whose statistics to compute
                     policy:str='expert', # only episodes of this policy kind
                     split:str=None, # only episodes of this split (e.g. train)
-                    estimator:str='entropy', # entropy | one_pass | likelihood
+                    estimator:str='entropy', # entropy | one_pass | likelihood | one_pass_likelihood
                     stride:int=10, # diffusion steps skipped per network call
                     num_samples:int=1, # chains per window (entropy)
                     noise_scale:float=1.0, # Gumbel noise scale

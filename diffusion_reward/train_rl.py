@@ -253,6 +253,9 @@ def _diffusion_fast(ctx:RewardContext): return diffusion_mixed_reward(ctx, 'one_
 @register_reward('diffusion_likelihood')
 def _diffusion_likelihood(ctx:RewardContext): return diffusion_mixed_reward(ctx, 'likelihood', 'diffusion_likelihood')
 
+@register_reward('diffusion_likelihood_fast')
+def _diffusion_likelihood_fast(ctx:RewardContext): return diffusion_mixed_reward(ctx, 'one_pass_likelihood', 'diffusion_likelihood_fast')
+
 # %% ../nbs/09_train_rl.ipynb #69458803
 def resident_mb() -> float:
     "This process's resident memory in MB, from /proc/self/statm (NaN where there is none)."
@@ -504,7 +507,7 @@ def train_rl(cfg:TrainRLConfig, # run settings
 # %% ../nbs/09_train_rl.ipynb #4f8cb6aa
 @call_parse
 def dr_train_rl(task:str, # task name: 'reach-v3', 'door', ...
-                reward:str='sparse', # reward name: sparse, rnd, amp, diffusion, diffusion_fast, diffusion_likelihood, viper, viper_std
+                reward:str='sparse', # reward name: sparse, rnd, amp, diffusion, diffusion_fast, diffusion_likelihood, diffusion_likelihood_fast, viper, viper_std
                 frames:int=None, # env frames to train; default: the preset's (3.1M for paper)
                 seed:int=1, # run seed
                 out:str=None, # output folder; default runs/TASK_REWARD_sSEED
