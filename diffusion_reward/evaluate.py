@@ -74,9 +74,11 @@ def noise_level(kind:str) -> float:
 
 def discrimination_report(scores:dict, # policy kind -> per-episode mean rewards
                          ) -> dict:
-    "Per-kind statistics, AUROC expert vs random / noisy and Spearman(reward, noise level)."
-    out = {'per_policy': {k: dict(mean=float(np.mean(v)), std=float(np.std(v)), episodes=len(v)) for k, v in scores.items()}}
+    "Per-kind statistics (with AUROC of expert vs that kind), AUROC expert vs random / noisy, Spearman(reward, noise level)."
     expert = scores.get('expert', [])
+    out = {'per_policy': {k: dict(mean=float(np.mean(v)), std=float(np.std(v)), episodes=len(v),
+                                  auroc_expert_vs_this=auroc(expert, v) if k != 'expert' and len(expert) and len(v) else None)
+                          for k, v in scores.items()}}
     noisy = [s for k, v in scores.items() if k.startswith('noisy') for s in v]
     out['auroc_expert_vs_random'] = auroc(expert, scores['random']) if len(expert) and len(scores.get('random', [])) else None
     out['auroc_expert_vs_noisy'] = auroc(expert, noisy) if len(expert) and noisy else None

@@ -138,8 +138,9 @@ def stage_eval(cfg:QuickstartConfig, data:Path, video_ckpt:Path, out:Path) -> di
     r = run_eval(video_ckpt, str(data), out, [cfg.task], 'test', True, seed=cfg.seed, compare=tuple(cfg.compare), estimator=cfg.estimator)
     t = r['tasks'][cfg.task]
     names = ['learned'] + [f'learned_{e}' for e in r['compare']] + ['baseline_tokens', 'baseline_pixels']
+    by_kind = {k: v['auroc_expert_vs_this'] for k, v in t['learned']['per_policy'].items() if k != 'expert'}
     return dict(estimator=cfg.estimator, rows={n: {k: t[n][k] for k in REPORT_KEYS} for n in names},
-                verdict=t['verdict'], eval_json=str(out/'eval.json'))
+                auroc_by_kind=by_kind, verdict=t['verdict'], eval_json=str(out/'eval.json'))
 
 # %% ../nbs/13_quickstart.ipynb #386476a8
 def _fmt(x): return 'n/a' if x is None else f'{x:.3f}'
@@ -161,6 +162,7 @@ def write_report(cfg:QuickstartConfig, results:dict, out:Path) -> str:
     beats = ev['verdict'].get('beats_baseline')
     lines += ['', f"The judged reward ({ev['estimator']}) " + ('beats' if beats else 'does NOT beat') +
               ' the better trivial baseline on every AUROC (a tie at 1.000 counts).', '',
+              'AUROC of the judged reward, expert vs each kind: ' + ', '.join(f'{k} {_fmt(v)}' for k, v in ev['auroc_by_kind'].items()) + '.', '',
               '| stage | seconds |', '|---|---|'] + [f"| {k} | {v.get('seconds', 0):.0f} |" for k, v in results.items()]
     lines += ['', f"Total: {sum(v.get('seconds', 0) for v in results.values()):.0f} s.", '',
               f"Data: {results['collect']}", '', f"Tokenizer: {results['tokenizer']}", '', f"Video model: {results['video']}", '',
@@ -180,8 +182,9 @@ def _check_config(cfg:QuickstartConfig, out:Path, st:Stages):
     changed = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
     if changed - set(SCORING_FIELDS):
         raise ValueError(f'{out} holds a run with another configuration ({path}: {", ".join(sorted(changed))} differ); use another --out')
-    if changed:
-        print(f'{", ".join(sorted(changed))} changed: re-scoring the trained models')
+    stale_eval = st.done('eval') and not {'rows', 'auroc_by_kind'} <= set(load_json(st.dir/'eval.json'))  # an older version's record
+    if changed or stale_eval:
+        print(f'{", ".join(sorted(changed)) or "evaluation record format"} changed: re-scoring the trained models')
         for name in ('stats', 'eval'): (st.dir/f'{name}.json').unlink(missing_ok=True)
 
 def quickstart(cfg:QuickstartConfig, out:str|Path) -> dict:

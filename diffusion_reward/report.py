@@ -18,7 +18,7 @@ from .viz import (reward_histogram_figure, roc_figure, reward_over_time_figure, 
                                   save_summary_png)
 
 # %% auto #0
-__all__ = ['episode_groups', 'evaluate_task', 'verdict', 'run_eval', 'dr_eval']
+__all__ = ['BASELINE_NAMES', 'episode_groups', 'evaluate_task', 'verdict', 'run_eval', 'dr_eval']
 
 # %% ../nbs/12_report.ipynb #482c3a44
 def episode_groups(data:str|list, # episode folders, comma-separated or a list
@@ -82,6 +82,13 @@ def _tasks_in(data:str) -> list:
                 if t: tasks.add(t)
     return sorted(tasks)
 
+BASELINE_NAMES = {'baseline_tokens': 'token-change', 'baseline_pixels': 'pixel-change'}
+
+def _strongest_baseline(reports:dict) -> str:
+    "The baseline with the larger sum of AUROCs: the one the plot sets against the learned reward."
+    total = lambda b: sum(reports[b][k] or 0.0 for k in ('auroc_expert_vs_random', 'auroc_expert_vs_noisy'))
+    return max(BASELINE_NAMES, key=total)
+
 def _summary_line(rep:dict) -> str:
     r = lambda x: 'n/a' if x is None else f'{x:.3f}'
     return (f"AUROC expert/random {r(rep['auroc_expert_vs_random'])}, expert/noisy {r(rep['auroc_expert_vs_noisy'])}, "
@@ -109,8 +116,9 @@ def run_eval(video_ckpt:str|Path, data:str, out:str|Path, tasks:list|None=None, 
         v = verdict(res['reports'])
         result['tasks'][task] = dict(**res['reports'], verdict=v, episodes=res['episodes'], scores=res['scores'])
         plots = out/'plots'
-        save_summary_png(res['scores']['learned'], plots/f'{task}.png', title=f'{task}: diffusion reward (dashed: token-change baseline)',
-                         baseline=res['scores']['baseline_tokens'])
+        base = _strongest_baseline(res['reports'])
+        save_summary_png(res['scores']['learned'], plots/f'{task}.png', baseline=res['scores'][base],
+                         title=f"{task}: diffusion reward, {reward.cfg.estimator} (dashed: {BASELINE_NAMES[base]} baseline)")
         save_html(reward_histogram_figure(res['scores']['learned'], title=f'{task}: episode reward by policy'), plots/f'{task}_hist.html')
         save_html(roc_figure(res['scores']['learned'], title=f'{task}: expert vs others'), plots/f'{task}_roc.html')
         save_html(reward_over_time_figure(res['curves']['learned'], title=f'{task}: reward over time'), plots/f'{task}_over_time.html')

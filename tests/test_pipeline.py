@@ -27,6 +27,7 @@ def test_quickstart_writes_every_stage_and_report(tiny_run):
     report = (out/'report.md').read_text()
     assert 'AUROC expert vs random' in report and 'baseline' in report
     assert 'learned (one_pass_likelihood): judged' in report and 'learned (one_pass), same model' in report
+    assert 'expert vs each kind: noisy0.5 ' in report
 
 def test_quickstart_rerun_skips_finished_stages(tiny_run):
     out, _ = tiny_run
