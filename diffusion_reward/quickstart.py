@@ -214,7 +214,7 @@ def load_json_roundtrip(cfg:Config) -> dict:
 @call_parse
 def dr_quickstart(task:str='coffee-push-v3', # any MetaWorld 3 task
                   out:str='runs/quickstart', # output folder (a rerun resumes it)
-                  preset:str='cpu', # cpu (the full main job, about 15 minutes on 2 cores) | tiny (a smoke test)
+                  preset:str='cpu', # cpu (the full main job, about 11 minutes on 2 cores) | tiny (a smoke test)
                   estimator:str=None, # reward judged: one_pass_likelihood | one_pass | entropy | likelihood (default: the preset's)
                   compare:str=None, # estimators scored beside it, comma-separated ('none': no others; default: the preset's)
                   seed:int=0, # seed of every stage
