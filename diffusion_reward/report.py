@@ -46,14 +46,11 @@ def evaluate_task(reward:DiffusionReward, groups:dict, # kind -> episode paths
     frames = {k: [check_frames(load_episode(p), reward.tokenizer.image_size, reward.resize, str(p)) for p in groups[k]] for k in kinds}
     tokens = {k: [reward.tokenize(f) for f in frames[k]] for k in kinds}
     flat = [t for k in kinds for t in tokens[k]]
-    raw = score_token_episodes(reward.model, flat, reward.cfg, show_progress=True)
-    it = iter(raw)
-    learned = {k: [next(it) for _ in tokens[k]] for k in kinds}
-    if stats: learned = {k: [(r - stats['mean']) / stats['std'] for r in v] for k, v in learned.items()}
-    curves = dict(learned=learned)
-    for est in compare:
-        it = iter(score_token_episodes(reward.model, flat, reward.cfg.replace(estimator=est), show_progress=True))
-        curves[f'learned_{est}'] = {k: [next(it) for _ in tokens[k]] for k in kinds}
+    curves = {}
+    for name, cfg in [('learned', reward.cfg)] + [(f'learned_{e}', reward.cfg.replace(estimator=e)) for e in compare]:
+        it = iter(score_token_episodes(reward.model, flat, cfg, show_progress=True))
+        curves[name] = {k: [next(it) for _ in tokens[k]] for k in kinds}
+    if stats: curves['learned'] = {k: [(r - stats['mean']) / stats['std'] for r in v] for k, v in curves['learned'].items()}
     curves.update(baseline_tokens={k: [frame_change_reward(t.cpu().numpy()) for t in tokens[k]] for k in kinds},
                   baseline_pixels={k: [frame_change_reward(f) for f in frames[k]] for k in kinds})
     scores = {name: {k: [float(np.mean(r)) for r in v] for k, v in c.items()} for name, c in curves.items()}
