@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['DataError', 'CheckpointError', 'seed_everything', 'get_device', 'atomic_write', 'save_json', 'load_json',
-           'save_checkpoint', 'load_checkpoint', 'Config', 'progress', 'package_versions']
+           'save_checkpoint', 'load_checkpoint', 'Config', 'progress', 'MetricLog', 'package_versions']
 
 # %% ../nbs/00_core.ipynb #42e1dc78
 class DataError(ValueError):
@@ -131,6 +131,29 @@ def progress(iterable=None, desc:str|None=None, total:int|None=None, disable:boo
     "A tqdm progress bar; `DR_NO_PROGRESS=1` turns all bars off (tests, logs)."
     if disable is None: disable = os.environ.get('DR_NO_PROGRESS', '') not in ('', '0')
     return tqdm(iterable, desc=desc, total=total, disable=disable, dynamic_ncols=True, **kwargs)
+
+# %% ../nbs/00_core.ipynb #de3f9cb9
+class MetricLog:
+    "Metric records kept in a list (saved with checkpoints) and, given a folder, mirrored to TensorBoard."
+    def __init__(self, history:list|None=None, # records so far, e.g. from a resumed checkpoint; appended to in place
+                 tb_dir:str|Path|None=None, # TensorBoard folder; None: no TensorBoard
+                 purge_step:int|None=None, # TensorBoard drops events from this step on (a resumed run writes them again)
+                ):
+        self.history = history if history is not None else []
+        self.writer = None
+        if tb_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter  # here: importing tensorboard costs seconds
+            self.writer = SummaryWriter(str(tb_dir), purge_step=purge_step)
+
+    def __call__(self, rec:dict):
+        "Record {'step': int, name: number, ...}."
+        self.history.append(rec)
+        if self.writer:
+            for k, v in rec.items():
+                if k != 'step': self.writer.add_scalar(k, v, rec['step'])
+
+    def close(self):
+        if self.writer: self.writer.close()
 
 # %% ../nbs/00_core.ipynb #ced953af
 def package_versions(names=('diffusion_reward', 'torch', 'numpy', 'gymnasium', 'metaworld', 'mujoco', 'gymnasium_robotics')) -> dict:

@@ -17,7 +17,7 @@ from torch import Tensor
 from fastcore.basics import patch
 from fastcore.script import call_parse
 from .core import (DataError, CheckpointError, Config, seed_everything, get_device, save_json,
-                                   save_checkpoint, load_checkpoint, progress, package_versions, atomic_write)
+                                   save_checkpoint, load_checkpoint, progress, package_versions, atomic_write, MetricLog)
 from .scheduler import MaskDiffusionScheduler
 
 # %% auto #0
@@ -635,16 +635,7 @@ def train_video_model(train_tokens:list, # (T_i, g, g) integer token arrays, one
         _set_rng_state(ck['rng'][rank], data_gen, noise_gen)
         step, history = ck['step'], list(ck['history'])
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    writer = None
-    if rank == 0 and tensorboard:
-        from torch.utils.tensorboard import SummaryWriter  # here: importing tensorboard costs seconds
-        writer = SummaryWriter(str(out/'tb'), purge_step=step)
-
-    def log(rec:dict):
-        history.append(rec)
-        if writer:
-            for kk, v in rec.items():
-                if kk != 'step': writer.add_scalar(kk, v, rec['step'])
+    log = MetricLog(history, out/'tb' if rank == 0 and tensorboard else None, purge_step=step)
 
     def evaluate():
         if val_w is None: return None
@@ -712,7 +703,7 @@ def train_video_model(train_tokens:list, # (T_i, g, g) integer token arrays, one
                    checkpoint=str(ckpt_path), model_file=str(out/'video_model.pt'))
     if rank == 0:
         save_json(summary, out/'summary.json')
-        if writer: writer.close()
+        log.close()
     if world > 1: dist.barrier()  # files are written when any process returns
     if own_pg: dist.destroy_process_group()
     return summary

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from fastcore.script import call_parse, store_true
 from .core import (Config, DataError, CheckpointError, seed_everything, get_device, save_json, load_json,
-                                   save_checkpoint, load_checkpoint, progress, package_versions)
+                                   save_checkpoint, load_checkpoint, progress, package_versions, MetricLog)
 from .reward import likelihood_windows, stats_entry, update_stats_file, lookup_stats, check_frames
 from .video_model import file_sha256, tokenize_episodes, param_groups, SelfAttention
 from .rnd import RNDConfig
@@ -287,17 +287,8 @@ def train_viper(train_tokens:list, # (T_i, g, g) integer token arrays, one per t
         _set_rng_state(ck['rng'], gen)
         step, history = ck['step'], list(ck['history'])
     out.mkdir(parents=True, exist_ok=True)
-    writer = None
-    if tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(out / 'tb'), purge_step=step)
+    log = MetricLog(history, out / 'tb' if tensorboard else None, purge_step=step)
     amp = cfg.amp and dev.type == 'cuda'
-
-    def log(rec:dict):
-        history.append(rec)
-        if writer:
-            for kk, v in rec.items():
-                if kk != 'step': writer.add_scalar(kk, v, rec['step'])
 
     def evaluate():
         if val_w is None: return None
@@ -335,7 +326,7 @@ def train_viper(train_tokens:list, # (T_i, g, g) integer token arrays, one per t
     bar.close()
     eval_last = evaluate()
     save()
-    if writer: writer.close()
+    log.close()
     secs = time.time() - t0
     losses = [h['train/loss'] for h in history if 'train/loss' in h]
     summary = dict(steps=step, planned_steps=steps, resumed_from=start_step, stopped=stopped, seconds=round(secs, 2),
