@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #c5dc1a29
 from __future__ import annotations
-import dataclasses, json, os, random, tempfile, contextlib, importlib.metadata, sys
+import dataclasses, hashlib, json, os, random, tempfile, contextlib, importlib.metadata, sys
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['DataError', 'CheckpointError', 'seed_everything', 'get_device', 'atomic_write', 'save_json', 'load_json',
-           'save_checkpoint', 'load_checkpoint', 'Config', 'progress', 'MetricLog', 'package_versions']
+           'save_checkpoint', 'load_checkpoint', 'rng_state', 'set_rng_state', 'DistInfo', 'setup_distributed',
+           'teardown_distributed', 'file_sha256', 'Config', 'progress', 'MetricLog', 'package_versions']
 
 # %% ../nbs/00_core.ipynb #42e1dc78
 class DataError(ValueError):
@@ -97,6 +98,63 @@ def load_checkpoint(path:str|Path, map_location='cpu') -> dict:
     if not path.is_file(): raise CheckpointError(path, 'checkpoint file does not exist')
     try: return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e: raise CheckpointError(path, f'cannot be read as a torch checkpoint ({type(e).__name__}: {e})') from None
+
+# %% ../nbs/00_core.ipynb #aeae9387
+def rng_state(*gens:torch.Generator) -> dict:
+    "Python, NumPy, torch CPU/CUDA and `gens`' RNG states, in a form `weights_only=True` loads."
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return dict(python=random.getstate(), numpy=(kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+                torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                generators=[g.get_state() for g in gens])
+
+def set_rng_state(s:dict, *gens:torch.Generator):
+    "Restore what `rng_state(*gens)` saved, the generators in the same order."
+    random.setstate(s['python'])
+    kind, keys, pos, has_gauss, gauss = s['numpy']
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(s['torch'])
+    if s['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
+    if len(gens) != len(s['generators']): raise ValueError(f"saved {len(s['generators'])} generators, given {len(gens)}")
+    for g, st in zip(gens, s['generators']): g.set_state(st)
+
+# %% ../nbs/00_core.ipynb #58001960
+@dataclass
+class DistInfo:
+    "Where this process stands: world size, rank, its device, and whether `setup_distributed` made the group."
+    world: int
+    rank: int
+    device: torch.device
+    owns_group: bool
+    @property
+    def main(self) -> bool: return self.rank == 0
+
+def setup_distributed(device:str|torch.device='auto') -> DistInfo:
+    "Join the `torchrun` process group (WORLD_SIZE > 1) or an existing one; single process otherwise."
+    import torch.distributed as dist
+    dev, own = get_device(device), False
+    if int(os.environ.get('WORLD_SIZE', '1')) <= 1 and not dist.is_initialized(): return DistInfo(1, 0, dev, False)
+    if dev.type == 'cuda':
+        dev = torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0'))); torch.cuda.set_device(dev)
+    if not dist.is_initialized(): dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo'); own = True
+    return DistInfo(dist.get_world_size(), dist.get_rank(), dev, own)
+
+def teardown_distributed(info:DistInfo):
+    "Wait for every process, then destroy the group if `setup_distributed` created it."
+    import torch.distributed as dist
+    if info.world > 1: dist.barrier()
+    if info.owns_group: dist.destroy_process_group()
+
+# %% ../nbs/00_core.ipynb #59a731a2
+def file_sha256(path:str|Path, n:int=16) -> str:
+    "Hex SHA-256 (first `n` digits) of a file, or of a folder's files (names and bytes, sorted)."
+    path, h = Path(path), hashlib.sha256()
+    if not path.exists(): raise DataError(path, 'does not exist')
+    files = sorted(p for p in path.rglob('*') if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir(): h.update(f.relative_to(path).as_posix().encode())
+        with open(f, 'rb') as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b''): h.update(chunk)
+    return h.hexdigest()[:n]
 
 # %% ../nbs/00_core.ipynb #29d6e4bd
 @dataclass

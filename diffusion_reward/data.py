@@ -16,9 +16,9 @@ from .core import DataError, atomic_write, package_versions, progress, _json_def
 
 # %% auto #0
 __all__ = ['VIDEO_SUFFIXES', 'DAPG_STUB_CLASSES', 'POLICY_KINDS', 'Episode', 'save_episode', 'load_episode', 'find_episodes',
-           'load_episodes', 'split_episodes', 'WindowDataset', 'DapgUnpickler', 'DapgPolicy', 'load_dapg_policy',
-           'policy_tag', 'random_fn', 'expert_fn', 'noisy_fn', 'make_policy', 'collect_episode', 'Collected', 'collect',
-           'dr_collect', 'bench_data']
+           'load_episodes', 'episode_paths', 'split_episodes', 'WindowDataset', 'DapgUnpickler', 'DapgPolicy',
+           'load_dapg_policy', 'policy_tag', 'random_fn', 'expert_fn', 'noisy_fn', 'make_policy', 'collect_episode',
+           'Collected', 'collect', 'dr_collect', 'bench_data']
 
 # %% ../nbs/02_data.ipynb #010df625
 def _check(cond, path, problem):
@@ -192,6 +192,23 @@ def load_episodes(root_or_paths, # a folder (searched with `find_episodes`) or a
     if isinstance(root_or_paths, (str, Path)): paths = find_episodes(root_or_paths, task, policy, split)
     else: paths = [Path(p) for p in root_or_paths]
     return [load_episode(p) for p in progress(paths, desc='loading episodes', leave=False)]
+
+# %% ../nbs/02_data.ipynb #188002cf
+def episode_paths(spec:str|Path|list, # folders or episode files; a string may list several, comma-separated
+                  task=None, policy=None, split=None, # filters, as in `find_episodes`
+                  allow_empty:bool=False, # let a folder with no matching episode pass (filters that may match nothing)
+                 ) -> list[Path]:
+    "Episode files named directly or found under folders, in the order given."
+    parts = [s.strip() for s in spec.split(',') if s.strip()] if isinstance(spec, str) else [spec] if isinstance(spec, Path) else list(spec)
+    out = []
+    for part in map(Path, parts):
+        if part.is_dir():
+            found = find_episodes(part, task=task, policy=policy, split=split)
+            _check(found or allow_empty, part, f'no episodes found (task={task}, policy={policy}, split={split})')
+            out += found
+        elif part.exists(): out.append(part)
+        else: raise DataError(part, 'no such episode file or folder')
+    return out
 
 # %% ../nbs/02_data.ipynb #75e23c9f
 def split_episodes(paths:list, # episode paths (or Episodes)
