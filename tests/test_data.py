@@ -1,4 +1,4 @@
-"Integration tests of diffusion_reward.data: episode files, readers, windows, the DAPG unpickler, collectors and dr_collect."
+"Integration tests of diffusion_reward.data: episode files, readers, windows, DAPG unpickler, collectors, dr_collect."
 import json, os, pickle, shutil, subprocess, sys
 from pathlib import Path
 import numpy as np
@@ -8,13 +8,15 @@ from PIL import Image
 import imageio.v3 as iio
 from diffusion_reward.core import DataError
 from diffusion_reward.data import (Episode, save_episode, load_episode, find_episodes, load_episodes, split_episodes,
-                                   WindowDataset, load_dapg_policy, DapgUnpickler, collect, collect_episode, make_policy)
+                                   WindowDataset, load_dapg_policy, DapgUnpickler, collect, collect_episode,
+                                   make_policy)
 
 def frames_(T=6, H=8, W=8, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (T, H, W, 3), dtype=np.uint8)
 
 def episode(T=6, **meta):
-    return Episode(frames_(T), np.arange(T - 1) % 2 == 1, dict(domain='metaworld', task='reach-v3', policy='expert', **meta))
+    meta = dict(domain='metaworld', task='reach-v3', policy='expert', **meta)
+    return Episode(frames_(T), np.arange(T - 1) % 2 == 1, meta)
 
 # ---------------------------------------------------------------- episode files
 
@@ -26,7 +28,8 @@ def test_round_trip(tmp_path):
     np.testing.assert_array_equal(back.frames, ep.frames)
     np.testing.assert_array_equal(back.success, ep.success)
     assert back.meta == ep.meta and back.path == p and back.success.dtype == bool
-    assert (back.task, back.domain, back.policy, len(back), back.succeeded) == ('reach-v3', 'metaworld', 'expert', 6, True)
+    assert (back.task, back.domain, back.policy, len(back), back.succeeded) == \
+           ('reach-v3', 'metaworld', 'expert', 6, True)
     with np.load(p, allow_pickle=False) as z: assert json.loads(str(z['meta']))['noise'] == 0.25
 
 @pytest.mark.parametrize('frames,success,problem', [
@@ -47,7 +50,8 @@ def _save_raw(path, **arrays):
     return path
 
 @pytest.mark.parametrize('arrays,problem', [
-    (dict(frames=frames_().astype(np.float64), success=np.zeros(5, bool), meta=np.array('{}')), 'frames have dtype float64, expected uint8'),
+    (dict(frames=frames_().astype(np.float64), success=np.zeros(5, bool), meta=np.array('{}')),
+     'frames have dtype float64, expected uint8'),
     (dict(frames=frames_()[:, :, :, 0], success=np.zeros(5, bool), meta=np.array('{}')), 'frames have shape (6, 8, 8)'),
     (dict(frames=frames_(), success=np.zeros(3, bool), meta=np.array('{}')), 'success has shape (3,)'),
     (dict(frames=frames_(), success=np.zeros(5, bool)), "missing arrays ['meta']"),
@@ -86,16 +90,19 @@ def test_png_folder_reader(tmp_path):
     ep = load_episode(d)
     np.testing.assert_array_equal(ep.frames, fr)  # numeric, not lexical order: 10.png after 9.png
     assert ep.success.shape == (11,) and not ep.success.any() and ep.meta['success_known'] is False
-    assert (ep.domain, ep.task, ep.meta['split'], ep.policy, ep.meta['episode']) == ('metaworld', 'coffee-push', 'test', 'expert', 'ep3')
+    assert (ep.domain, ep.task, ep.meta['split'], ep.policy, ep.meta['episode']) == \
+           ('metaworld', 'coffee-push', 'test', 'expert', 'ep3')
     # gray and RGBA frames become RGB
     Image.fromarray(fr[0, ..., 0]).save(d/'0.png'); Image.fromarray(np.dstack([fr[1], fr[1, ..., :1]])).save(d/'1.png')
     ep = load_episode(d)
-    np.testing.assert_array_equal(ep.frames[1], fr[1]); np.testing.assert_array_equal(ep.frames[0], np.repeat(fr[0, ..., :1], 3, -1))
+    np.testing.assert_array_equal(ep.frames[1], fr[1])
+    np.testing.assert_array_equal(ep.frames[0], np.repeat(fr[0, ..., :1], 3, -1))
 
 def test_png_folder_errors(tmp_path):
     d, fr = _png_folder(tmp_path, n=5)
     (d/'2.png').rename(d/'7.png')
-    with pytest.raises(DataError, match=r'ep3: frame numbers must run 0..4 without gaps: frame 2 is missing'): load_episode(d)
+    with pytest.raises(DataError, match=r'ep3: frame numbers must run 0..4 without gaps: frame 2 is missing'):
+        load_episode(d)
     (d/'7.png').rename(d/'2.png')
     shutil.copy(d/'1.png', d/'01.png')
     with pytest.raises(DataError, match=r'duplicate frame numbers \[1\]'): load_episode(d)
@@ -147,13 +154,15 @@ def test_find_load_and_split(tmp_path):
     npz = find_episodes(tmp_path/'data')
     tr, te = split_episodes(npz, test_fraction=0.34, seed=1)
     assert (len(tr), len(te)) == (6, 3) and not set(tr) & set(te) and sorted(tr + te) == sorted(npz)
-    assert sorted(p.parent.relative_to(tmp_path/'data').as_posix() for p in te) == ['door/expert', 'reach-v3/expert', 'reach-v3/random']
+    assert sorted(p.parent.relative_to(tmp_path/'data').as_posix() for p in te) == \
+           ['door/expert', 'reach-v3/expert', 'reach-v3/random']
     assert split_episodes(npz, 0.34, seed=1) == (tr, te) and split_episodes(npz, 0.34, seed=2) != (tr, te)
     with pytest.raises(DataError, match='nope: episode root is not a folder'): find_episodes(tmp_path/'nope')
 
 def test_window_dataset(tmp_path):
     def ramp(n, task):  # frame t is filled with the value t
-        return Episode(np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, 4, 4, 3)).copy(), np.zeros(n - 1, bool), dict(task=task))
+        frames = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, 4, 4, 3)).copy()
+        return Episode(frames, np.zeros(n - 1, bool), dict(task=task))
     p = save_episode(ramp(9, 'door'), tmp_path/'a.npz')
     ds = WindowDataset([p, ramp(5, 'reach-v3'), ramp(2, 'reach-v3')], k=2, frame_skip=2, return_task=True)
     assert len(ds) == (9 - 4) + (5 - 4) and ds.tasks == ['door', 'reach-v3']
@@ -161,12 +170,15 @@ def test_window_dataset(tmp_path):
     assert got == [([t - 4, t - 2, t], 0) for t in range(4, 9)] + [([0, 2, 4], 1)]
     x, tid = ds[0]
     assert x.dtype == torch.uint8 and x.shape == (3, 4, 4, 3)
-    xb, tb = next(iter(torch.utils.data.DataLoader(ds, batch_size=6, shuffle=True, num_workers=0, generator=torch.Generator().manual_seed(0))))
+    dl = torch.utils.data.DataLoader(ds, batch_size=6, shuffle=True, num_workers=0,
+                                     generator=torch.Generator().manual_seed(0))
+    xb, tb = next(iter(dl))
     assert xb.shape == (6, 3, 4, 4, 3) and sorted(tb.tolist()) == [0, 0, 0, 0, 0, 1]
     assert WindowDataset([ramp(5, 'x')], k=0)[4][0, 0, 0, 0] == 4
     assert WindowDataset([ramp(5, 'x')], tasks=['y', 'x'], return_task=True)[0][1] == 1
     with pytest.raises(ValueError, match="tasks \\['x'\\] are not in"): WindowDataset([ramp(5, 'x')], tasks=['y'])
-    with pytest.raises(ValueError, match='no episode has the 7 frames'): WindowDataset([ramp(5, 'x')], k=3, frame_skip=2)
+    with pytest.raises(ValueError, match='no episode has the 7 frames'):
+        WindowDataset([ramp(5, 'x')], k=3, frame_skip=2)
     big = Episode(np.zeros((5, 8, 8, 3), np.uint8), np.zeros(4, bool), {}, Path('big.npz'))
     with pytest.raises(DataError, match='big.npz: frames are \\(8, 8\\)'): WindowDataset([ramp(5, 'x'), big])
 
@@ -180,11 +192,13 @@ def test_unpickler_refuses_foreign_classes(tmp_path):
     marker = tmp_path/'pwned'
     (tmp_path/'evil.pickle').write_bytes(pickle.dumps({'policy': _Evil(marker)}))
     with pytest.raises(DataError) as e: load_dapg_policy(tmp_path/'evil.pickle')
-    assert str(tmp_path/'evil.pickle') in str(e.value) and f'refused to unpickle {os.system.__module__}.system' in str(e.value)
+    assert str(tmp_path/'evil.pickle') in str(e.value)
+    assert f'refused to unpickle {os.system.__module__}.system' in str(e.value)
     assert not marker.exists()
     cases = {  # hand-written protocol-0 pickles
         'eval': (b"cbuiltins\neval\n(S'1+1'\ntR.", 'refused to unpickle builtins.eval'),
-        'getattr': (b"cbuiltins\ngetattr\n(cmjrl.utils.fc_network\nFCNetwork\nS'__subclasses__'\ntR.", "refused getattr(<class"),
+        'getattr': (b"cbuiltins\ngetattr\n(cmjrl.utils.fc_network\nFCNetwork\nS'__subclasses__'\ntR.",
+                    "refused getattr(<class"),
         'torch_load': (b"ctorch\nload\n(S'x'\ntR.", 'refused to unpickle torch.load'),
         'persid': (b"P0\n.", 'unexpected persistent id'),
     }
@@ -197,7 +211,8 @@ def test_unpickler_refuses_foreign_classes(tmp_path):
     with pytest.raises(DataError, match='DAPG policy file does not exist'): load_dapg_policy(tmp_path/'missing.pickle')
 
 def test_dapg_policies_load_and_act(dapg_dir, tmp_path):
-    for name, sizes in (('door', (39, 32, 32, 28)), ('hammer', (46, 32, 32, 26)), ('pen', (45, 64, 64, 24)), ('relocate', (39, 32, 32, 30))):
+    for name, sizes in (('door', (39, 32, 32, 28)), ('hammer', (46, 32, 32, 26)), ('pen', (45, 64, 64, 24)),
+                        ('relocate', (39, 32, 32, 30))):
         pol = load_dapg_policy(dapg_dir/f'{name}-v0.pickle')
         assert pol.layer_sizes == sizes and pol.log_std.shape == (sizes[-1],) and pol.nonlinearity == 'tanh'
     # the README's formula, written out with torch
@@ -214,7 +229,8 @@ def test_dapg_policies_load_and_act(dapg_dir, tmp_path):
     with pytest.raises(ValueError, match='expects 39-d states'): pol.act(np.zeros(45))
     data = (dapg_dir/'door-v0.pickle').read_bytes()
     (tmp_path/'trunc.pickle').write_bytes(data[:len(data) // 2])
-    with pytest.raises(DataError, match='trunc.pickle: corrupt or truncated policy pickle'): load_dapg_policy(tmp_path/'trunc.pickle')
+    with pytest.raises(DataError, match='trunc.pickle: corrupt or truncated policy pickle'):
+        load_dapg_policy(tmp_path/'trunc.pickle')
 
 # ---------------------------------------------------------------- collectors and dr_collect
 
@@ -225,12 +241,13 @@ def test_metaworld_expert_episode(tmp_path):
     assert ep.frames.shape == (101, 64, 64, 3) and ep.frames.dtype == np.uint8 and ep.success.shape == (100,)
     assert ep.succeeded and paths.summary['success_rate'] == 1.0
     m = ep.meta
-    assert (m['domain'], m['task'], m['seed'], m['policy'], m['camera'], m['size'], m['action_repeat'], m['episode_steps']) == \
-           ('metaworld', 'reach-v3', 0, 'expert', 'corner2', 64, 2, 100)
+    keys = ('domain', 'task', 'seed', 'policy', 'camera', 'size', 'action_repeat', 'episode_steps')
+    assert tuple(m[k] for k in keys) == ('metaworld', 'reach-v3', 0, 'expert', 'corner2', 64, 2, 100)
     assert m['versions']['mujoco'] and m['versions']['metaworld'] and len(m['rewards']) == 100
 
 def test_adroit_door_expert_episode(dapg_dir, tmp_path):
-    with pytest.raises(ValueError, match='needs a DAPG policy file'): collect('door', 'expert', episodes=1, out=tmp_path)
+    with pytest.raises(ValueError, match='needs a DAPG policy file'):
+        collect('door', 'expert', episodes=1, out=tmp_path)
     paths = collect('door', 'expert', episodes=1, seed=0, out=tmp_path, expert_policy=dapg_dir/'door-v0.pickle')
     ep = load_episode(paths[0])
     assert ep.frames.shape == (101, 64, 64, 3) and ep.succeeded
@@ -252,9 +269,12 @@ def test_seeding_and_noisy_policy(tmp_path):
     n = collect('reach-v3', 'noisy', noise=0.5, episodes=1, out=tmp_path, episode_steps=3)
     assert n[0].parent.name == 'noisy0.5' and load_episode(n[0]).meta['noise'] == 0.5
     with pytest.raises(ValueError, match='unknown policy'): collect('reach-v3', 'greedy', out=tmp_path)
-    with pytest.raises(ValueError, match='only applies to policy="noisy"'): collect('reach-v3', 'random', noise=0.2, out=tmp_path)
-    with pytest.raises(ValueError, match='only applies to Adroit tasks'): collect('reach-v3', expert_policy='door-v0.pickle', out=tmp_path)
-    with pytest.raises(DataError, match='nope.pickle: DAPG policy file does not exist'): collect('door', expert_policy=tmp_path/'nope.pickle', out=tmp_path)
+    with pytest.raises(ValueError, match='only applies to policy="noisy"'):
+        collect('reach-v3', 'random', noise=0.2, out=tmp_path)
+    with pytest.raises(ValueError, match='only applies to Adroit tasks'):
+        collect('reach-v3', expert_policy='door-v0.pickle', out=tmp_path)
+    with pytest.raises(DataError, match='nope.pickle: DAPG policy file does not exist'):
+        collect('door', expert_policy=tmp_path/'nope.pickle', out=tmp_path)
     assert not (tmp_path/'door').exists()
 
 def test_collect_resumes_and_keeps_data(tmp_path):
@@ -281,19 +301,23 @@ def test_dr_collect_cli(tmp_path):
     args = ['reach-v3', '--policy', 'random', '--episodes', '2', '--seed', '5', '--out', 'out', '--episode_steps', '3']
     r = subprocess.run([exe, *args], capture_output=True, text=True, cwd=tmp_path) if exe else _cli(*args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert 'dr_collect reach-v3 random: 2 episodes' in r.stdout and '2 collected, 0 already there' in r.stdout and 'success rate' in r.stdout
+    assert 'dr_collect reach-v3 random: 2 episodes' in r.stdout and '2 collected, 0 already there' in r.stdout
+    assert 'success rate' in r.stdout
     assert sorted(p.name for p in (tmp_path/'out'/'reach-v3'/'random').iterdir()) == ['ep000005.npz', 'ep000006.npz']
     r = _cli(*args, cwd=tmp_path)
     assert r.returncode == 0 and '0 collected, 2 already there' in r.stdout, r.stdout + r.stderr[-2000:]
     r = _cli('reach-v9', '--policy', 'random', '--episodes', '1', '--out', 'out', cwd=tmp_path)
-    assert r.returncode == 2 and "dr_collect: error: unknown task 'reach-v9'" in r.stderr and 'coffee-push-v3' in r.stderr
+    assert r.returncode == 2 and "dr_collect: error: unknown task 'reach-v9'" in r.stderr
+    assert 'coffee-push-v3' in r.stderr
 
 def test_dr_collect_adroit_door_expert(dapg_dir, tmp_path):
     "Issue 2: `dr_collect door --expert_policy door-v0.pickle` writes a successful 64x64 episode."
     exe = shutil.which('dr_collect')
-    args = ['door', '--policy', 'expert', '--episodes', '1', '--seed', '0', '--out', 'out', '--expert_policy', str(dapg_dir/'door-v0.pickle')]
-    r = subprocess.run([exe, *args], capture_output=True, text=True, cwd=tmp_path, env=dict(os.environ, DR_NO_PROGRESS='1', OMP_NUM_THREADS='1')) \
-        if exe else _cli(*args, cwd=tmp_path)
+    args = ['door', '--policy', 'expert', '--episodes', '1', '--seed', '0', '--out', 'out',
+            '--expert_policy', str(dapg_dir/'door-v0.pickle')]
+    env = dict(os.environ, DR_NO_PROGRESS='1', OMP_NUM_THREADS='1')
+    r = subprocess.run([exe, *args], capture_output=True, text=True, cwd=tmp_path, env=env) if exe else \
+        _cli(*args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'dr_collect door expert: 1 episodes' in r.stdout and 'success rate 1.00' in r.stdout, r.stdout
     ep = load_episode(tmp_path/'out'/'door'/'expert'/'ep000000.npz')
@@ -302,7 +326,7 @@ def test_dr_collect_adroit_door_expert(dapg_dir, tmp_path):
 
 @pytest.mark.slow
 def test_metaworld_experts_succeed(tmp_path):
-    "Issue 2: the scripted expert succeeds on seeds 0 and 1 of every MetaWorld preset task (about 1 min on a 2-core CPU)."
+    "Issue 2: the scripted expert succeeds on seeds 0 and 1 of every MetaWorld preset task (~1 min on a 2-core CPU)."
     from diffusion_reward.envs import TASKS
     tasks = [name for name, p in TASKS.items() if p.domain == 'metaworld']
     assert len(tasks) == 15

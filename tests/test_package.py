@@ -1,5 +1,5 @@
 "Package-level checks: every module imports in a fresh interpreter; README and CI agree."
-import re, subprocess, sys
+import os, re, subprocess, sys
 import pytest
 from conftest import ROOT
 
@@ -8,14 +8,25 @@ MODULES = sorted(p.stem for p in (ROOT/'diffusion_reward').glob('*.py') if not p
 @pytest.mark.parametrize('module', MODULES)
 def test_module_imports_in_fresh_interpreter(module):
     "Catches exported code that leaned on notebook globals."
-    r = subprocess.run([sys.executable, '-c', f'import diffusion_reward.{module}'], capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run([sys.executable, '-c', f'import diffusion_reward.{module}'], capture_output=True, text=True,
+                       cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
 
-def test_ci_runs_the_readme_test_command():
-    readme, ci = (ROOT/'README.md').read_text(), (ROOT/'.ci'/'run').read_text()
-    cmd = re.search(r'^(bash \.ci/setup\.sh --dev && bash \.ci/test\.sh)', readme, re.M)
-    assert cmd, 'README must give the test command'
-    assert cmd.group(1) in ci.splitlines()
+def test_ci_runs_the_readme_test_command(tmp_path):
+    "`.ci/run` executes exactly the README's test command: run it with a `bash` on PATH that only records its calls."
+    readme = (ROOT/'README.md').read_text()
+    m = re.search(r'^(bash \.ci/setup\.sh --dev && bash \.ci/test\.sh)\b', readme, re.M)
+    assert m, 'README must give the test command'
+    expected = [part.split()[1:] for part in m.group(1).split('&&')]     # each part: bash SCRIPT ARGS
+    for script in ('.ci/run', *(args[0] for args in expected)):
+        r = subprocess.run(['/bin/bash', '-n', str(ROOT/script)], capture_output=True, text=True)
+        assert r.returncode == 0, f'{script}: {r.stderr}'
+    log, fake = tmp_path/'calls', tmp_path/'bin'/'bash'
+    fake.parent.mkdir(); fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n'); fake.chmod(0o755)
+    env = dict(os.environ, PATH=f'{fake.parent}:{os.environ["PATH"]}')
+    r = subprocess.run(['/bin/bash', str(ROOT/'.ci'/'run')], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert [line.split() for line in log.read_text().splitlines()] == expected
 
 def test_readme_in_sync_with_index_notebook():
     r = subprocess.run([sys.executable, str(ROOT/'.ci'/'readme.py'), '--check'], capture_output=True, text=True)

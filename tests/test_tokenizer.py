@@ -1,14 +1,18 @@
-"Integration tests of the tokenizer: paper preset, round trips, checkpoints, exact resume, CLI and DDP (gloo, 2 CPU processes)."
-import json, logging, os, signal, socket, subprocess, sys, textwrap
+"""Integration tests of the tokenizer: paper preset, round trips, checkpoints, CLI, data-parallel training (gloo, two
+CPU processes) and the benchmark.
+
+Exact resume is checked in nbs/03b_tokenizer_train.ipynb."""
+import json, logging, os, signal, socket, subprocess, sys, textwrap, time
 from pathlib import Path
 import numpy as np
 import pytest
 import torch
 from diffusion_reward.core import CheckpointError
-from diffusion_reward.data import Episode, save_episode
-import diffusion_reward.tokenizer as tk
-from diffusion_reward.tokenizer import (TokenizerConfig, VQModel, Tokenizer, Quantizer, LPIPS, count_params, train_tokenizer,
-                                        synthetic_episodes, load_perceptual, bench_tokenizer)
+from diffusion_reward.data import Episode, save_episode, episode_paths
+from diffusion_reward.test_utils import synthetic_episodes
+from diffusion_reward.tokenizer import TokenizerConfig, VQModel, Tokenizer, Quantizer, count_params
+from diffusion_reward.tokenizer_train import (LPIPS, PatchDiscriminator, train_tokenizer, load_perceptual,
+                                              bench_tokenizer, evaluate_tokenizer, prepare_frames)
 
 torch.set_num_threads(1)
 ENV = {**os.environ, 'DR_NO_PROGRESS': '1', 'OMP_NUM_THREADS': '1'}
@@ -22,7 +26,7 @@ def eps(): return synthetic_episodes(4, 8, seed=3)
 
 
 def test_paper_param_count():
-    c = count_params(VQModel(TokenizerConfig.preset('paper')), tk.PatchDiscriminator())
+    c = count_params(VQModel(TokenizerConfig.preset('paper')), PatchDiscriminator())
     # the reference counts encoder + decoder + codebook + quant_conv + post_quant_conv: 20.5M
     assert abs(c['generator'] / 20.5e6 - 1) < 0.05, c
     assert c['generator'] == c['encoder'] + c['decoder'] + c['codebook'] + c['quant_convs']
@@ -48,13 +52,16 @@ def test_encode_decode_contract(eps):
     out = tok.decode(codes)
     assert out.shape == (2, 8, 64, 64, 3) and out.dtype == torch.uint8
     assert torch.equal(tok.decode(codes.numpy()), out)  # numpy in, same frames out
-    tok.batch_size = 3  # chunking does not change results
-    assert torch.equal(tok.encode(fr), codes) and torch.equal(tok.decode(codes), out)
+    tok.batch_size = 3  # chunking does not change the codes; the frames at most by one uint8 step, because the
+    assert torch.equal(tok.encode(fr), codes)  # convolutions' float rounding depends on the batch size (oneDNN)
+    assert (tok.decode(codes).int() - out.int()).abs().max() <= 1
     for bad, msg in [(fr.astype(np.float32), 'channels first'), (x * 255, 'must lie in [-1, 1]'),
-                     (fr.astype(np.int32), 'dtype'), (fr[..., :32, :], '(..., 64, 64, 3)'), ([1, 2], 'numpy array or torch tensor')]:
+                     (fr.astype(np.int32), 'dtype'), (fr[..., :32, :], '(..., 64, 64, 3)'),
+                     ([1, 2], 'numpy array or torch tensor')]:
         with pytest.raises(ValueError, match=None) as e: tok.encode(bad)
         assert msg in str(e.value), (msg, str(e.value))
-    for bad, msg in [(codes.float(), 'integer'), (codes[..., :7], '(..., 8, 8)'), (codes * 0 - 1, 'must lie in [0, 32)')]:
+    for bad, msg in [(codes.float(), 'integer'), (codes[..., :7], '(..., 8, 8)'),
+                     (codes * 0 - 1, 'must lie in [0, 32)')]:
         with pytest.raises(ValueError) as e: tok.decode(bad)
         assert msg in str(e.value)
 
@@ -74,49 +81,20 @@ def test_quantizer_restarts_dead_codes_and_ema_tracks_data():
     assert torch.allclose(q2.embed[k], flat[idx.flatten() == k].mean(0), atol=1e-4)
 
 
-def _state(path):
-    ck = torch.load(path, weights_only=True)
-    return ck
-
-
-def _assert_same(a, b, path=''):
-    if isinstance(a, torch.Tensor): assert torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert set(a) == set(b), path
-        for k in a: _assert_same(a[k], b[k], f'{path}.{k}')
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)): _assert_same(x, y, f'{path}[{i}]')
-    else: assert a == b, (path, a, b)
-
-
-def test_resume_after_interruption_matches_uninterrupted_run(eps, tmp_path):
-    cfg = tiny(ckpt_every=3, eval_every=4)  # GAN on from step 2, restarts every 4 unused steps: every state is exercised
-    train_tokenizer(cfg, eps, tmp_path / 'a', steps=8, seed=1)
-
-    class Killed(Exception): pass
-    def kill(step, m):
-        if step == 5: raise Killed  # dies after step 5; the last checkpoint is from step 3
-    with pytest.raises(Killed): train_tokenizer(cfg, eps, tmp_path / 'b', steps=8, seed=1, callback=kill)
-    assert _state(tmp_path / 'b' / 'last.pt')['step'] == 3
-    s = train_tokenizer(cfg, eps, tmp_path / 'b', steps=8, seed=1, resume=True)
-    a, b = _state(tmp_path / 'a' / 'last.pt'), _state(tmp_path / 'b' / 'last.pt')
-    assert a['step'] == b['step'] == 8
-    for k in ('model', 'disc', 'opt', 'opt_d', 'sampler', 'rng', 'best'): _assert_same(a[k], b[k], k)
-    assert json.loads((tmp_path / 'a' / 'summary.json').read_text())['heldout_psnr'] == s['heldout_psnr']
-
-
 def test_resume_and_load_refuse_mismatches(eps, tmp_path):
     train_tokenizer(tiny(), eps, tmp_path, steps=2, seed=0)
     with pytest.raises(ValueError, match='already holds a run'): train_tokenizer(tiny(), eps, tmp_path, steps=4)
-    with pytest.raises(CheckpointError, match='config differs'): train_tokenizer(tiny(beta=0.5), eps, tmp_path, steps=4, resume=True)
+    with pytest.raises(CheckpointError, match='config differs'):
+        train_tokenizer(tiny(beta=0.5), eps, tmp_path, steps=4, resume=True)
     with pytest.raises(CheckpointError, match='training data differ'):
         train_tokenizer(tiny(), synthetic_episodes(4, 8, seed=9), tmp_path, steps=4, resume=True)
-    with pytest.raises(CheckpointError, match='no last.pt'): train_tokenizer(tiny(), eps, tmp_path / 'new', steps=4, resume=True)
+    with pytest.raises(CheckpointError, match='no last.pt'):
+        train_tokenizer(tiny(), eps, tmp_path / 'new', steps=4, resume=True)
     with pytest.raises(CheckpointError, match='architecture differs'):
         Tokenizer.from_checkpoint(tmp_path / 'best.pt', config=tiny(num_codes=64))
     torch.save({'kind': 'something else'}, tmp_path / 'other.pt')
-    with pytest.raises(CheckpointError, match='not a tokenizer checkpoint'): Tokenizer.from_checkpoint(tmp_path / 'other.pt')
+    with pytest.raises(CheckpointError, match='not a tokenizer checkpoint'):
+        Tokenizer.from_checkpoint(tmp_path / 'other.pt')
     tok = Tokenizer.from_checkpoint(tmp_path / 'best.pt', 'cpu', config=tiny(lr=0.1))  # training-only fields may differ
     assert tok.num_codes == 32
 
@@ -132,7 +110,8 @@ def test_checkpoints_are_self_describing(eps, tmp_path):
     assert {'heldout_psnr', 'perplexity', 'codes_used', 'params', 'seconds'} <= set(summ)
     assert summ['heldout_psnr'] == s['heldout_psnr'] and 1 <= summ['codes_used'] <= 32
     assert list((tmp_path / 'tb').glob('events.out.tfevents.*'))
-    ev = tk.evaluate_tokenizer(Tokenizer.from_checkpoint(tmp_path / 'best.pt', 'cpu').model, tk.prepare_frames(eps, seed=0)[1])
+    held = prepare_frames(eps, seed=0)[1]
+    ev = evaluate_tokenizer(Tokenizer.from_checkpoint(tmp_path / 'best.pt', 'cpu').model, held)
     assert abs(ev['psnr'] - summ['heldout_psnr']) < 1e-9
 
 
@@ -145,14 +124,14 @@ def _write_episodes(root, eps, task='reach-v3'):
 def test_cli_trains_on_episode_folders(eps, tmp_path):
     _write_episodes(tmp_path / 'data', eps)
     out = tmp_path / 'run'
-    r = subprocess.run(['dr_train_tokenizer', str(tmp_path / 'data'), '--preset', 'tiny', '--steps', '4', '--out', str(out),
-                        '--threads', '1', '--batch_size', '2', '--gan_start', '-1'], capture_output=True, text=True, env=ENV, timeout=120)
+    args = ['dr_train_tokenizer', str(tmp_path / 'data'), '--preset', 'tiny', '--out', str(out), '--threads', '1',
+            '--batch_size', '2', '--gan_start', '-1']
+    r = subprocess.run(args + ['--steps', '4'], capture_output=True, text=True, env=ENV, timeout=120)
     assert r.returncode == 0, r.stderr
     assert 'perceptual (LPIPS) loss OFF' in r.stderr and r.stderr.count('LPIPS) loss OFF') == 1
     s = json.loads((out / 'summary.json').read_text())
     assert s['step'] == 4 and s['config']['batch_size'] == 2 and s['gan'] is False and s['data']['test_episodes'] == 1
-    r = subprocess.run(['dr_train_tokenizer', str(tmp_path / 'data'), '--preset', 'tiny', '--steps', '6', '--out', str(out),
-                        '--threads', '1', '--batch_size', '2', '--gan_start', '-1', '--resume'], capture_output=True, text=True, env=ENV, timeout=120)
+    r = subprocess.run(args + ['--steps', '6', '--resume'], capture_output=True, text=True, env=ENV, timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads((out / 'summary.json').read_text())['step'] == 6
 
@@ -162,22 +141,27 @@ def _free_port():
 
 
 def test_ddp_two_gloo_processes_match_one_process(eps, tmp_path):
-    "2 processes x batch 2 (gloo, CPU, float32) make the same step as 1 process x batch 4; with the GAN on they stay in sync."
+    "2 processes x batch 2 (gloo, CPU, float32) step as 1 process x batch 4 does; with the GAN on they stay in sync."
     np.savez(tmp_path / 'eps.npz', *eps)
     script = tmp_path / 'ddp.py'
     script.write_text(textwrap.dedent(f'''
         import numpy as np, torch, torch.distributed as dist
-        from diffusion_reward.tokenizer import TokenizerConfig, train_tokenizer
+        from diffusion_reward.tokenizer import TokenizerConfig
+        from diffusion_reward.tokenizer_train import train_tokenizer
         torch.set_num_threads(1)
         dist.init_process_group('gloo')  # one group for both runs (train_tokenizer uses a group it finds)
-        z = np.load({str(tmp_path / 'eps.npz')!r}); eps = [z[k] for k in sorted(z.files, key=lambda k: int(k.split('_')[1]))]
+        z = np.load({str(tmp_path / 'eps.npz')!r})
+        eps = [z[k] for k in sorted(z.files, key=lambda k: int(k.split('_')[1]))]
         cfg = TokenizerConfig.preset('tiny', batch_size=2, gan=False, restart_after=0, amp=False)
         train_tokenizer(cfg, eps, {str(tmp_path / 'ddp')!r}, steps=1, seed=0)
-        train_tokenizer(TokenizerConfig.preset('tiny', batch_size=2, gan_start=1), eps, {str(tmp_path / 'ddp_gan')!r}, steps=3, seed=0)
+        train_tokenizer(TokenizerConfig.preset('tiny', batch_size=2, gan_start=1), eps, {str(tmp_path / 'ddp_gan')!r},
+                        steps=3, seed=0)
         dist.destroy_process_group()
     '''))
-    p = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(_free_port()),
-                          str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True)
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(_free_port()),
+           str(script)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                         start_new_session=True)
     try: out, err = p.communicate(timeout=150)
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL); out, err = p.communicate()
@@ -185,7 +169,8 @@ def test_ddp_two_gloo_processes_match_one_process(eps, tmp_path):
     assert p.returncode == 0, out[-3000:] + err[-3000:]
     assert json.loads((tmp_path / 'ddp' / 'summary.json').read_text())['world_size'] == 2
     assert json.loads((tmp_path / 'ddp_gan' / 'summary.json').read_text())['last_train']['d_loss'] > 0
-    train_tokenizer(tiny(batch_size=4, gan=False, restart_after=0, amp=False), eps, tmp_path / 'single', steps=1, seed=0)
+    train_tokenizer(tiny(batch_size=4, gan=False, restart_after=0, amp=False), eps, tmp_path / 'single', steps=1,
+                    seed=0)
     a = torch.load(tmp_path / 'ddp' / 'last.pt', weights_only=True)['model']
     b = torch.load(tmp_path / 'single' / 'last.pt', weights_only=True)['model']
     # one AdamW step moves weights by ~lr = 2e-3: unaveraged gradients or per-process EMA statistics would show up here
@@ -203,19 +188,38 @@ def test_lpips_loads_local_weights_in_both_layouts(tmp_path, caplog):
     a, b = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
     for f in ('lpips.pt', 'tv.pt'):
         lp = load_perceptual(tmp_path / f)
-        assert torch.allclose(lp(a, b), ref.eval()(a, b), atol=1e-5) and not any(p.requires_grad for p in lp.parameters())
+        assert torch.allclose(lp(a, b), ref.eval()(a, b), atol=1e-5)
+        assert not any(p.requires_grad for p in lp.parameters())
     with caplog.at_level(logging.WARNING):
         assert load_perceptual(tmp_path / 'missing.pt') is None
     assert sum('LPIPS) loss OFF' in r.message for r in caplog.records) == 1
 
 
 def test_lpips_term_enters_training(eps, tmp_path):
-    torch.save({k: v.abs() if k.startswith('lin') else v for k, v in LPIPS().state_dict().items()}, tmp_path / 'lpips.pt')
+    sd = {k: v.abs() if k.startswith('lin') else v for k, v in LPIPS().state_dict().items()}  # LPIPS heads are >= 0
+    torch.save(sd, tmp_path / 'lpips.pt')
     s = train_tokenizer(tiny(lpips_path=str(tmp_path / 'lpips.pt'), gan=False), eps, tmp_path / 'run', steps=2, seed=0)
     assert s['perceptual'] and s['last_train']['perceptual'] > 0
 
 
-def test_bench_tokenizer_reports_ratio():
+def test_bench_tokenizer_reports_ratio(capsys):
+    "Both presets are timed inside this call, for at least min_seconds each, and the ratio is their measured quotient."
+    t0 = time.perf_counter()
     b = bench_tokenizer(('tiny', 'small'), 'cpu', batch=8, min_seconds=0.1)
-    assert b['tiny_encode_fps'] > 0 and b['small_encode_fps'] > 0
-    assert b['small_over_tiny'] == pytest.approx(b['small_encode_fps'] / b['tiny_encode_fps'])
+    wall = time.perf_counter() - t0
+    for p in ('tiny', 'small'):
+        assert b[f'{p}_seconds'] >= 0.1 and b[f'{p}_frames'] > 0 and b[f'{p}_frames'] % 8 == 0
+        assert b[f'{p}_encode_fps'] == pytest.approx(b[f'{p}_frames'] / b[f'{p}_seconds'])
+    assert b['tiny_seconds'] + b['small_seconds'] <= wall  # timed in this run, one after the other
+    ratio = (b['small_frames'] / b['small_seconds']) / (b['tiny_frames'] / b['tiny_seconds'])
+    assert b['small_over_tiny'] == pytest.approx(ratio)
+    assert f"small_over_tiny={b['small_over_tiny']:.4g}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_small_preset_on_metaworld_frames(tmp_path):
+    "The notebook's MetaWorld result (nbs/03b_tokenizer_train.ipynb): 4.5 minutes of the small preset reach 28 dB."
+    root = Path('/tmp/tokdata')
+    if not root.exists(): pytest.skip(f'no episodes at {root}: collect them as nbs/03b_tokenizer_train.ipynb shows')
+    s = train_tokenizer('small', episode_paths(root), tmp_path, steps=100_000, seed=0, max_seconds=270)
+    assert s['heldout_psnr'] >= 28 and s['codes_used_frac'] >= 0.8, s

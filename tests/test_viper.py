@@ -1,5 +1,7 @@
-"""VIPER baseline and the learned rewards in RL: causal mask, training, exact resume, likelihood windows,
-`viper` vs `viper_std`, and `dr_train_rl` end to end with `diffusion`, `viper` and `viper_std` on tiny checkpoints."""
+"""VIPER and the learned rewards in RL, end to end: `dr_train_viper` on episode files (with resume), `viper` vs
+`viper_std`, and `dr_train_rl` with `diffusion`, `viper` and `viper_std` on tiny checkpoints of reach-v3 and Adroit
+door, through the console script too. The model, its windows, training and exact resume are checked in
+nbs/14_viper."""
 import json, os, shutil, subprocess, sys
 from pathlib import Path
 import numpy as np
@@ -9,102 +11,12 @@ import torch
 os.environ.setdefault('DR_NO_PROGRESS', '1')
 torch.set_num_threads(1)
 
-from diffusion_reward.core import CheckpointError, load_checkpoint, load_json
-from diffusion_reward.reward import likelihood_windows
-from diffusion_reward.video_model import toy_token_videos, file_sha256
-from diffusion_reward.viper import (ViperConfig, ViperTransformer, ViperWindows, ViperReward, train_viper, log_likelihood,
-                                    viper_log_likelihoods, load_viper, dr_train_viper, VIPER_STATS_FILE, STATS_KEY)
-from diffusion_reward.train_rl import RewardContext, make_reward, dr_train_rl, read_csv, DIFFUSION_ALPHA
+from diffusion_reward.core import CheckpointError, load_checkpoint, load_json, file_sha256
+from diffusion_reward.viper import dr_train_viper, VIPER_STATS_FILE, STATS_KEY
+from diffusion_reward.rl_rewards import RewardContext, make_reward, DIFFUSION_ALPHA
+from diffusion_reward.train_rl import dr_train_rl, read_csv
 
 TASK = 'reach-v3'
-
-
-def tiny_cfg(**kw): return ViperConfig.preset('tiny', num_codes=16, **kw)
-
-
-# --- the model
-
-def test_causal_mask_later_tokens_never_change_earlier_logits():
-    torch.manual_seed(0)
-    cfg = tiny_cfg()
-    m = ViperTransformer(cfg).eval()
-    seq = torch.randint(0, 16, (2, cfg.seq_len))
-    with torch.no_grad(): base = m(seq)
-    for j in (1, 63, 64, 128, 150, cfg.seq_len - 1):
-        s2 = seq.clone(); s2[:, j] = (s2[:, j] + 3) % 16
-        with torch.no_grad(): out = m(s2)
-        assert torch.allclose(out[:, :j], base[:, :j], atol=1e-6), j
-        assert (out[:, j:] - base[:, j:]).abs().max() > 1e-4, j  # the change is seen from j on
-
-
-def test_target_logits_never_see_the_token_they_predict():
-    "The logit predicting target token i is unchanged when target tokens >= i change."
-    torch.manual_seed(1)
-    m = ViperTransformer(tiny_cfg()).eval()
-    from diffusion_reward.viper import target_logits
-    cond, target = torch.randint(0, 16, (1, 2, 8, 8)), torch.randint(0, 16, (1, 8, 8))
-    t2 = target.clone().flatten(1); t2[:, 10:] = (t2[:, 10:] + 5) % 16
-    with torch.no_grad(): a, b = target_logits(m, cond, target), target_logits(m, cond, t2.view(1, 8, 8))
-    assert torch.allclose(a[:, :11], b[:, :11], atol=1e-6)   # logits for tokens 0..10 depend on tokens < 10 only
-    assert (a[:, 11:] - b[:, 11:]).abs().max() > 1e-4
-
-
-def test_loss_falls_on_toy_tokens(tmp_path):
-    eps = toy_token_videos(8, 12, num_codes=16, seed=0)
-    s = train_viper(eps, tmp_path / 'run', tiny_cfg(batch_size=8, lr=1e-2, log_every=25), steps=150, seed=0, device='cpu',
-                    val_tokens=eps)  # evaluated on the training windows: the loss itself, before and after
-    assert abs(s['eval_first']['nll'] - np.log(16)) < 0.1   # uniform at the start
-    assert s['eval_last']['nll'] < 0.3 * s['eval_first']['nll'] and s['train_loss_last'] < 0.5 * s['train_loss_first']
-    assert (tmp_path / 'run' / 'viper.pt').exists() and (tmp_path / 'run' / 'summary.json').exists()
-
-
-def test_resume_reproduces_the_uninterrupted_run(tmp_path):
-    eps = toy_token_videos(6, 10, num_codes=16, seed=1)
-    cfg = tiny_cfg(dropout=0.1, batch_size=4, log_every=5, ckpt_every=7)  # dropout: the torch RNG state must be restored too
-    full = train_viper(eps, tmp_path / 'full', cfg, steps=24, seed=3, device='cpu')
-    train_viper(eps, tmp_path / 'part', cfg, steps=11, seed=3, device='cpu')
-    part = train_viper(eps, tmp_path / 'part', cfg, steps=24, seed=3, resume=True, device='cpu')
-    a, b = load_checkpoint(tmp_path / 'full' / 'checkpoint.pt'), load_checkpoint(tmp_path / 'part' / 'checkpoint.pt')
-    assert a['step'] == b['step'] == 24 and part['resumed_from'] == 11
-    for n in a['model']: assert torch.equal(a['model'][n], b['model'][n]), n
-    for i in a['optimizer']['state']:
-        for k in ('exp_avg', 'exp_avg_sq'): assert torch.equal(a['optimizer']['state'][i][k], b['optimizer']['state'][i][k])
-    assert torch.equal(a['rng']['data'], b['rng']['data']) and torch.equal(a['rng']['torch'], b['rng']['torch'])
-    assert full['eval_last'] == part['eval_last']
-    with pytest.raises(CheckpointError, match='seed differs'):
-        train_viper(eps, tmp_path / 'part', cfg, steps=30, seed=4, resume=True, device='cpu')
-    with pytest.raises(CheckpointError, match='training data differ'):
-        train_viper(eps[:-1], tmp_path / 'part', cfg, steps=30, seed=3, resume=True, device='cpu', val_tokens=[])
-    with pytest.raises(CheckpointError, match='already exists'):
-        train_viper(eps, tmp_path / 'part', cfg, steps=30, seed=3, device='cpu')
-    torch.save(dict(kind='video_model', model={}), tmp_path / 'other.pt')
-    with pytest.raises(CheckpointError, match='not a VIPER checkpoint'): load_viper(tmp_path / 'other.pt')
-
-
-# --- windows
-
-def test_likelihood_windows_exclude_the_target():
-    cfg = tiny_cfg()
-    ep = np.arange(7)[:, None, None].repeat(8, 1).repeat(8, 2)  # frame t: every token equals t
-    w = ViperWindows([ep], cfg)
-    cond, target = w.get(torch.arange(len(w)))
-    cond_ids, target_ids = likelihood_windows(7, cfg.num_cond_frames)
-    assert np.array_equal(cond[:, :, 0, 0].numpy(), cond_ids) and np.array_equal(target[:, 0, 0].numpy(), target_ids)
-    assert (cond[:, :, 0, 0] < target[:, None, 0, 0]).all()   # strictly earlier frames only (first frame repeated at the start)
-    # scoring: frame t's tokens reach the rewards of transitions t (as target) and t+1..t+k (as condition), never earlier ones
-    torch.manual_seed(0)
-    m = ViperTransformer(cfg).eval()
-    ep = toy_token_videos(1, 9, num_codes=16, seed=2)[0]
-    for t in (1, 4, 8):
-        ep2 = ep.copy(); ep2[t] = (ep2[t] + 1) % 16
-        a, b = viper_log_likelihoods(m, [ep, ep2])
-        changed = np.flatnonzero(np.abs(a - b) > 1e-5) + 1
-        assert changed.tolist() == [u for u in range(t, min(t + cfg.num_cond_frames, 8) + 1)], (t, changed)
-    # and each reward is exactly log p(o_t | o_{t-k}..o_{t-1})
-    r = viper_log_likelihoods(m, [ep])[0]
-    ci, ti = likelihood_windows(9, cfg.num_cond_frames)
-    with torch.no_grad(): ref = log_likelihood(m, torch.as_tensor(ep[ci]), torch.as_tensor(ep[ti])).numpy()
-    assert np.allclose(r, ref, atol=1e-4)
 
 
 # --- tiny checkpoints on real reach-v3 episodes
@@ -112,8 +24,9 @@ def test_likelihood_windows_exclude_the_target():
 def _tiny_learned_models(root:Path, task:str, expert_policy=None) -> dict:
     "Expert episodes of `task`, a tiny tokenizer, video model (+ entropy statistics) and VIPER model (+ statistics)."
     from diffusion_reward.data import collect, find_episodes
-    from diffusion_reward.tokenizer import train_tokenizer
-    from diffusion_reward.video_model import tokenize_episodes, train_video_model, VideoModelConfig, VideoTrainConfig
+    from diffusion_reward.tokenizer_train import train_tokenizer
+    from diffusion_reward.video_model import VideoModelConfig
+    from diffusion_reward.video_train import tokenize_episodes, train_video_model, VideoTrainConfig
     from diffusion_reward.reward import dr_reward_stats
     data = root / 'data'
     collect(task, 'expert', 3, 0, data, episode_steps=8, split='train', expert_policy=expert_policy)
@@ -121,12 +34,14 @@ def _tiny_learned_models(root:Path, task:str, expert_policy=None) -> dict:
     train_tokenizer('tiny', paths, root / 'tok', steps=4, seed=0, device='cpu')
     tok = root / 'tok' / 'best.pt'
     toks, info = tokenize_episodes(paths, tok, root / 'cache', 'cpu')
-    vcfg = VideoTrainConfig.preset('small', steps=4, batch_size=4, warmup_steps=2, eval_every=0, eval_windows=8, log_every=2, ckpt_every=100)
+    vcfg = VideoTrainConfig.preset('small', steps=4, batch_size=4, warmup_steps=2, eval_every=0, eval_windows=8,
+                                   log_every=2, ckpt_every=100)
     train_video_model(toks, root / 'video', VideoModelConfig.preset('tiny', num_codes=32), vcfg, seed=0, device='cpu',
                       data_summary=info, tensorboard=False)
     video = root / 'video' / 'video_model.pt'
     dr_reward_stats(video_ckpt=str(video), data=str(data), task=task, device='cpu')
-    s = dr_train_viper(str(data), tokenizer=str(tok), out=str(root / 'viper'), preset='tiny', steps=20, seed=0, device='cpu')
+    s = dr_train_viper(str(data), tokenizer=str(tok), out=str(root / 'viper'), preset='tiny', steps=20, seed=0,
+                       device='cpu')
     return dict(root=root, data=data, tokenizer=tok, video=video, viper=root / 'viper' / 'viper.pt', viper_summary=s)
 
 @pytest.fixture(scope='module')
@@ -137,7 +52,8 @@ def tiny_models(tmp_path_factory):
 @pytest.fixture(scope='module')
 def tiny_door_models(tmp_path_factory, dapg_dir):
     "Tiny learned-reward checkpoints on Adroit door episodes of the DAPG expert."
-    return _tiny_learned_models(tmp_path_factory.mktemp('learned_door'), 'door', expert_policy=str(dapg_dir / 'door-v0.pickle'))
+    return _tiny_learned_models(tmp_path_factory.mktemp('learned_door'), 'door',
+                                expert_policy=str(dapg_dir / 'door-v0.pickle'))
 
 
 def test_dr_train_viper_writes_model_and_expert_statistics(tiny_models):
@@ -155,8 +71,8 @@ def test_dr_train_viper_resume_extends_and_refreshes_statistics(tiny_models, tmp
     out = tmp_path / 'viper'
     shutil.copytree(tiny_models['viper'].parent, out)
     old_sha = file_sha256(out / 'viper.pt')
-    s = dr_train_viper(str(tiny_models['data']), tokenizer=str(tiny_models['tokenizer']), out=str(out), preset='tiny', steps=25,
-                       seed=0, resume=True, device='cpu')
+    s = dr_train_viper(str(tiny_models['data']), tokenizer=str(tiny_models['tokenizer']), out=str(out), preset='tiny',
+                       steps=25, seed=0, resume=True, device='cpu')
     assert s['steps'] == 25 and s['resumed_from'] == 20
     stats = load_json(out / VIPER_STATS_FILE)
     assert stats['checkpoint_sha256'] == file_sha256(out / 'viper.pt') != old_sha
@@ -177,7 +93,8 @@ def test_viper_and_viper_std_rewards_differ_by_an_affine_map(tiny_models):
     assert raw.max() < 0                                      # raw: a log-likelihood in nats per frame
     # the whole reward: model + 0.5 RND + sparse, RND without normalisation so it can be recomputed
     from diffusion_reward.rnd import frames_chw
-    ref = make_reward('viper', RewardContext(TASK, (64, 64, 3), torch.device('cpu'), 0, preset='reference', checkpoint=str(tiny_models['viper'])))
+    ref = make_reward('viper', RewardContext(TASK, (64, 64, 3), torch.device('cpu'), 0, preset='reference',
+                                             checkpoint=str(tiny_models['viper'])))
     sparse = np.arange(len(frames) - 1, dtype=np.float32) % 2
     expected = raw + 0.5 * ref.rnd.raw_reward(frames_chw(frames[1:])).double().numpy() + sparse
     assert np.allclose(ref(frames, sparse), expected, atol=1e-3)
@@ -205,7 +122,8 @@ def test_diffusion_reward_mix_weights(tiny_models):
 def test_dr_train_rl_runs_with_learned_reward(tiny_models, tmp_path, reward):
     ckpt = tiny_models['video'] if reward == 'diffusion' else tiny_models['viper']
     out = tmp_path / reward
-    dr_train_rl(TASK, reward=reward, frames=1, preset='tiny', eval_episodes=1, out=str(out), reward_checkpoint=str(ckpt), device='cpu')
+    dr_train_rl(TASK, reward=reward, frames=1, preset='tiny', eval_episodes=1, out=str(out),
+                reward_checkpoint=str(ckpt), device='cpu')
     _check_run(out, reward)
 
 
@@ -213,12 +131,13 @@ def test_dr_train_rl_runs_with_learned_reward(tiny_models, tmp_path, reward):
 def test_dr_train_rl_runs_with_learned_reward_on_adroit_door(tiny_door_models, tmp_path, reward):
     ckpt = tiny_door_models['video'] if reward == 'diffusion' else tiny_door_models['viper']
     out = tmp_path / reward
-    dr_train_rl('door', reward=reward, frames=1, preset='tiny', eval_episodes=1, out=str(out), reward_checkpoint=str(ckpt), device='cpu')
+    dr_train_rl('door', reward=reward, frames=1, preset='tiny', eval_episodes=1, out=str(out),
+                reward_checkpoint=str(ckpt), device='cpu')
     _check_run(out, reward)
 
 
 def test_dr_train_rl_console_script_finds_viper(tiny_models, tmp_path):
-    "A fresh process: `viper` is not registered until make_reward imports diffusion_reward.viper (REWARD_MODULES)."
+    "A fresh process: `rl_rewards.REWARDS` names `diffusion_reward.rl_rewards:viper_reward`, which imports VIPER on first use."
     out = tmp_path / 'viper'
     exe = shutil.which('dr_train_rl')
     cmd = [exe] if exe else [sys.executable, '-c', 'from diffusion_reward.train_rl import dr_train_rl; dr_train_rl()']

@@ -1,0 +1,68 @@
+"Integration tests of the domain suites: same seed same numbers, no unseen task in training, clear errors, shipped models."
+import numpy as np
+import pytest
+from diffusion_reward.core import DataError, load_json, load_checkpoint
+from diffusion_reward.data import collect, load_episode
+from diffusion_reward.evaluate import auroc
+from diffusion_reward.suite import SuiteConfig, suite, run_suite, pretrained_names
+from diffusion_reward.reward import DiffusionReward
+
+TINY = SuiteConfig.preset('tiny')
+
+@pytest.fixture(scope='module')
+def tiny_roots(tmp_path_factory):
+    "The tiny suite run twice, with the same seed, in two folders."
+    roots = [tmp_path_factory.mktemp(f'suite{i}') for i in range(2)]
+    for r in roots: suite(TINY, r)
+    return roots
+
+def _numbers(ev:dict) -> dict:
+    "Every AUROC and rank correlation of an eval.json, without paths."
+    keys = ('auroc_expert_vs_random', 'auroc_expert_vs_noisy', 'spearman_noise')
+    return {t: {n: {k: r.get(k) for k in keys} for n, r in d.items() if isinstance(r, dict) and 'auroc_expert_vs_random' in r}
+            for t, d in ev['tasks'].items()}
+
+def test_same_seed_gives_the_same_numbers(tiny_roots):
+    a, b = (load_json(r/'seed0'/'eval.json') for r in tiny_roots)
+    assert _numbers(a) == _numbers(b)
+    assert set(a['tasks']) == {*TINY.train_tasks, *TINY.unseen_tasks}
+
+def test_no_video_of_an_unseen_task_reaches_training(tiny_roots):
+    run = tiny_roots[0]/'seed0'
+    summary = load_checkpoint(run/'video'/'video_model.pt')['data_summary']
+    trained = summary['train_paths'] + summary['heldout_paths']
+    assert trained and all(any(f'/{t}/' in p for t in TINY.train_tasks) for p in trained)
+    assert not any(f'/{t}/' in p for p in trained for t in TINY.unseen_tasks)
+    assert all(load_episode(p).meta['policy'] == 'expert' for p in trained)
+
+def test_rerun_resumes_and_report_names_targets(tiny_roots, capsys):
+    before = load_json(tiny_roots[0]/'seed0'/'eval.json')
+    suite(TINY, tiny_roots[0])
+    assert 'done before, skipped' in capsys.readouterr().out
+    assert _numbers(load_json(tiny_roots[0]/'seed0'/'eval.json')) == _numbers(before)
+    report = (tiny_roots[0]/'report.md').read_text()
+    assert 'Unseen tasks (zero-shot)' in report and 'tasks where the learned reward beats the better baseline' in report
+    assert (tiny_roots[0]/'suite.png').stat().st_size > 1000
+
+def test_another_configuration_in_the_same_folder_fails_first(tiny_roots):
+    with pytest.raises(ValueError, match='train_episodes'):
+        run_suite(TINY.replace(train_episodes=4), tiny_roots[1])
+
+def test_adroit_suite_names_the_missing_policy_before_any_work(tmp_path):
+    with pytest.raises(DataError, match='door-v0.pickle: missing'):
+        run_suite(SuiteConfig.preset('adroit'), tmp_path/'root', expert_dir=tmp_path)
+    assert not (tmp_path/'root').exists()
+
+def test_shipped_models_separate_fresh_expert_and_random_episodes(tmp_path):
+    names = pretrained_names()
+    assert names, 'no pretrained reward model ships with the package'
+    for name in names:
+        cfg = SuiteConfig.preset(name)
+        task = cfg.train_tasks[-1] if name == 'metaworld' else None
+        if task is None: pytest.skip(f'{name}: fresh expert episodes need the DAPG policies (tests/test_data.py covers them)')
+        reward = DiffusionReward.pretrained(name, task=task)
+        scores = {}
+        for policy in ('expert', 'random'):
+            paths = collect(task, policy, 4, 987_000, tmp_path/name, episode_steps=50)
+            scores[policy] = [float(np.mean(reward(load_episode(p).frames))) for p in paths]
+        assert auroc(scores['expert'], scores['random']) >= 0.9, (name, scores)
