@@ -22,14 +22,24 @@ BENCHMARKS = {
     'viper': 'diffusion_reward.viper:bench_viper',           # VIPER log-likelihood rewards per second vs diffusion
     'drqv2': 'diffusion_reward.drqv2:bench_drqv2',           # learner updates per second at batch 256 vs the reference
     'train_rl': 'diffusion_reward.train_rl:bench_train_rl',  # env frames per second of the full RL loop
+    'rl_state': 'diffusion_reward.train_rl:bench_state_vs_pixels',  # env frames/s of the state vs the pixel agent
 }
 
 # %% ../nbs/90_bench.ipynb #289b96ac
+def _cpu_name() -> str:
+    "The CPU's model name (Linux: /proc/cpuinfo), else what `platform` knows."
+    try:
+        with open('/proc/cpuinfo') as f:
+            name = next((l.split(':', 1)[1].strip() for l in f if l.startswith('model name')), None)
+    except OSError: name = None
+    return name or platform.processor() or platform.machine()
+
 def machine_info() -> dict:
-    "What the figures were measured on."
+    "What the figures were measured on, with the 1-minute load average (the machine may be shared)."
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return dict(cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
-                torch_threads=torch.get_num_threads(), gpu=gpu)
+    load = round(os.getloadavg()[0], 2) if hasattr(os, 'getloadavg') else None
+    return dict(cpu=_cpu_name(), cores=os.cpu_count(), torch_threads=torch.get_num_threads(), gpu=gpu,
+                torch=torch.__version__.split('+')[0], load=load)
 
 def run_benchmark(name:str, **kwargs) -> dict:
     "Run one registered benchmark and return its figures with the machine description."
@@ -38,9 +48,10 @@ def run_benchmark(name:str, **kwargs) -> dict:
     return dict(benchmark=name, machine=machine_info(), **getattr(importlib.import_module(module), fn)(**kwargs))
 
 def figures_table(res:dict) -> str:
-    "A benchmark's figures as a two-column text table, numbers to four significant digits."
+    "A benchmark's figures as a two-column text table, numbers to four significant digits (lists and dicts left out)."
     rows = [('machine', ', '.join(f'{k} {v}' for k, v in res.get('machine', {}).items()))]
-    rows += [(k, f'{v:.4g}' if isinstance(v, float) else str(v)) for k, v in res.items() if k != 'machine']
+    rows += [(k, f'{v:.4g}' if isinstance(v, float) else str(v)) for k, v in res.items()
+             if k != 'machine' and not isinstance(v, (list, dict))]
     w = max(len(k) for k, _ in rows)
     return '\n'.join(f'{k:<{w}}  {v}' for k, v in rows)
 

@@ -186,7 +186,8 @@ class Batch(NamedTuple):
 
     def for_frames(self) -> Batch:
         "The batch as a reward on frames sees it: `next_obs` holds frames."
-        return self if self.next_frames is None else self._replace(obs=None, next_obs=self.next_frames, next_frames=None)
+        if self.next_frames is None: return self
+        return self._replace(obs=None, next_obs=self.next_frames, next_frames=None)
 
 # %% ../nbs/08_drqv2.ipynb #f8feb532
 class ReplayBuffer:

@@ -211,7 +211,7 @@ def reward_landscape(reward:DiffusionReward, task:str,
     ls.figure = landscape_figure(ls, standardized=not raw and reward.stats is not None)
     return ls
 
-# %% ../nbs/17_explore.ipynb #849dc2a7
+# %% ../nbs/17_explore.ipynb #a7ac5a4d
 def landscape_figure(ls:Landscape, standardized:bool=True) -> Figure:
     "The start frame, the reward heatmap over hand positions and the frames at its best and worst points."
     fig = Figure(figsize=(11, 3.2), dpi=80)
@@ -223,6 +223,9 @@ def landscape_figure(ls:Landscape, standardized:bool=True) -> Figure:
                   extent=(ls.xs[0] - dx, ls.xs[-1] + dx, ls.ys[0] - dy, ls.ys[-1] + dy))
     fig.colorbar(im, ax=h, label='reward' + (' (standardised)' if standardized else ' (raw, nats)'))
     h.plot(*ls.start[:2], 'wx', ms=9, mew=2, label='hand at start')
+    gx, gy = np.meshgrid(ls.xs, ls.ys)
+    miss = np.hypot(ls.reached[..., 0] - gx, ls.reached[..., 1] - gy) > 0.02   # the arm could not get there
+    if miss.any(): h.plot(gx[miss], gy[miss], '.', color='0.85', ms=4, label='not reached (> 2 cm off)')
     if ls.goal is not None: h.plot(*ls.goal[:2], '*', color='C3', ms=12, mec='w', label='goal')
     h.set(xlabel='hand x (m)', ylabel='hand y (m)', xlim=im.get_extent()[:2], ylim=im.get_extent()[2:])
     h.set_title(f'{ls.task}: reward of moving the hand here', fontsize=9); h.legend(fontsize=7, loc='upper right')
@@ -290,7 +293,7 @@ def reward_video(reward:DiffusionReward, path:str|Path, # video file, PNG folder
     with atomic_write(png_path, 'wb') as f: fig.savefig(f, format='png')
     return dict(rewards=r, raw=raw, frames=len(frames), csv=csv_path, png=png_path, notes=notes, figure=fig)
 
-# %% ../nbs/17_explore.ipynb #22345aac
+# %% ../nbs/17_explore.ipynb #704e0c77
 @call_parse
 def dr_reward_video(video:str, # an .mp4/.gif/..., a folder of PNG frames (0.png, 1.png, ...) or an episode .npz
                     model:str='metaworld', # a shipped model (see `suite.pretrained_names()`) or a video_model.pt
@@ -301,6 +304,7 @@ def dr_reward_video(video:str, # an .mp4/.gif/..., a folder of PNG frames (0.png
                     device:str='auto'):
     "Per-frame Diffusion Reward of your own video: a CSV and a plot."
     try:
+        if not Path(video).exists(): raise DataError(video, 'does not exist')  # before loading any model
         reward = open_reward(model, task, estimator, device, fallback=False)
         res = reward_video(reward, video, out, every)
     except (ValueError, OSError) as e:  # DataError and CheckpointError are ValueErrors

@@ -4,6 +4,7 @@
 
 # %% ../nbs/06_reward.ipynb #b4fe96ac
 from __future__ import annotations
+import copy, math, os, time
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -15,14 +16,17 @@ from fastcore.script import call_parse
 from .core import (Config, DataError, CheckpointError, get_device, progress, save_json, load_json,
                                    seed_everything, atomic_write, file_sha256)
 from .data import episode_paths, load_episode
+from .scheduler import MaskDiffusionScheduler, log_onehot, categorical_kl
+from .tokenizer import Tokenizer, VQModel, TokenizerConfig, frames_to_input, use_bf16
 from .video_model import VideoDiffusion, VideoModelConfig, likelihood_windows
 
 # %% auto #0
-__all__ = ['ESTIMATORS', 'STATS_FILE', 'REFERENCE_REWARDS_PER_S', 'entropy_windows', 'entropy_elbo', 'all_mask_prediction',
-           'one_pass_entropy', 'one_pass_likelihood', 'likelihood_elbo', 'RewardConfig', 'score_windows',
-           'score_token_episodes', 'stats_entry', 'update_stats_file', 'lookup_stats', 'check_frames',
-           'DiffusionReward', 'DiffusionRewardWrapper', 'relabel_episodes', 'dr_reward_stats', 'dr_relabel',
-           'bench_reward']
+__all__ = ['ESTIMATORS', 'STATS_FILE', 'entropy_windows', 'bound_term', 'entropy_elbo', 'all_mask_prediction', 'one_pass_entropy',
+           'one_pass_likelihood', 'likelihood_elbo', 'RewardConfig', 'score_windows', 'score_token_episodes',
+           'stats_entry', 'update_stats_file', 'lookup_stats', 'check_frames', 'DiffusionReward',
+           'DiffusionRewardWrapper', 'relabel_episodes', 'dr_reward_stats', 'dr_relabel', 'reference_style_chain',
+           'reference_style_token_rewards', 'reference_style_rewards', 'reward_table', 'bench_reward',
+           'dr_bench_reward']
 
 # %% ../nbs/06_reward.ipynb #eeac1dec
 def entropy_windows(num_frames:int, # T, frames in the episode including the reset frame
@@ -33,20 +37,46 @@ def entropy_windows(num_frames:int, # T, frames in the episode including the res
     t = np.arange(1, num_frames)[:, None]
     return np.clip(t + np.arange(-k + 1, 1)[None], 0, None)
 
+# %% ../nbs/06_reward.ipynb #a1c2e3f5
+def _xlogx(v:float) -> float: return v * math.log(v) if v > 0 else 0.0
+
+def bound_term(sch:MaskDiffusionScheduler, log_p:Tensor, # (B, L, K+1) the model's log p(x_{t_prev} | x_t, c)
+               x0:Tensor, # (B, L) long: the clean tokens the bound is of
+               x_t:Tensor, # (B, L) long state at step t
+               t:int, t_prev:int) -> Tensor: # (B,) summed over tokens, nats
+    "KL(q(x_{t_prev} | x_t, x0) || p) for t_prev >= 0, -log p(x0) for t_prev = -1; q in closed form."
+    lp_c = log_p.gather(-1, x0[..., None]).squeeze(-1)
+    if t_prev < 0: return -lp_c.sum(-1)
+    K, s, m, n = sch.num_codes, sch.schedule, t_prev + 1, t + 1   # levels: 0 is the clean frame
+    a, b, c = float(s['keep'][m]), float(s['replace'][m]), float(s['mask'][m])       # x0 -> x_{t_prev}
+    alpha = float(s['keep'][n] / s['keep'][m])                                       # x_{t_prev} -> x_t
+    gamma = float(1 - (1 - s['mask'][n]) / (1 - s['mask'][m]))
+    beta = max((1 - alpha - gamma) / K, 0.0)
+    lp_j = log_p.gather(-1, x_t.clamp(max=K - 1)[..., None]).squeeze(-1)
+    lp_m, S = log_p[..., K], log_p[..., :K].sum(-1)
+    # x_t = [MASK]: weights on x0's code, each other code, [MASK]
+    u = (gamma * (a + b), gamma * b, c); z = u[0] + (K - 1) * u[1] + u[2]; qc, qr, qm = (v / z for v in u)
+    kl_m = _xlogx(qc) + (K - 1) * _xlogx(qr) + _xlogx(qm) - (qc * lp_c + qm * lp_m + qr * (S - lp_c))
+    # x_t = x0's code
+    u = ((a + b) * (alpha + beta), b * beta); z = u[0] + (K - 1) * u[1]; qc, qr = (v / z for v in u)
+    kl_s = _xlogx(qc) + (K - 1) * _xlogx(qr) - (qc * lp_c + qr * (S - lp_c))
+    # x_t = another code j
+    u = ((a + b) * beta, b * (alpha + beta), b * beta); z = u[0] + u[1] + (K - 2) * u[2]
+    qc, qj, qr = (v / z for v in u)
+    kl_d = _xlogx(qc) + _xlogx(qj) + (K - 2) * _xlogx(qr) - (qc * lp_c + qj * lp_j + qr * (S - lp_c - lp_j))
+    return torch.where(x_t == K, kl_m, torch.where(x_t == x0, kl_s, kl_d)).sum(-1)
+
 # %% ../nbs/06_reward.ipynb #09bcb88f
 @torch.no_grad()
 def entropy_elbo(model:VideoDiffusion, cond:Tensor, # (B, k, g, g) condition tokens
                  stride:int=10, noise_scale:float=1.0, generator:torch.Generator|None=None,
                 ) -> Tensor: # (B,) ELBO of the chain's own sample, nats per frame
     "One strided chain per window; the variational bound of its final sample."
-    steps = list(model.iter_chain(cond, stride, noise_scale, generator))
-    x0 = steps[-1].x_prev
-    elbo = torch.zeros(len(x0), device=x0.device)
-    for s in steps:
-        term, _ = model.scheduler.vb_terms(s.log_x0, x0, s.x_t, torch.full_like(elbo, s.t, dtype=torch.long),
-                                           torch.full_like(elbo, s.t_prev, dtype=torch.long))
-        elbo -= term
-    return elbo
+    # keep what the bound needs (not the x0 predictions): p(x_{t'} | x_t) and x_t of each call
+    steps = [(s.t, s.t_prev, s.x_t, s.log_p_prev, s.x_prev)
+             for s in model.iter_chain(cond, stride, noise_scale, generator)]
+    x0 = steps[-1][-1]
+    return -sum(bound_term(model.scheduler, log_p, x0, x_t, t, tp) for t, tp, x_t, log_p, _ in steps)
 
 @torch.no_grad()
 def all_mask_prediction(model:VideoDiffusion, cond:Tensor, # (B, k, g, g)
@@ -84,8 +114,7 @@ def likelihood_elbo(model:VideoDiffusion, cond:Tensor, # (B, k, g, g)
     for t, tp in sch.step_pairs(stride):
         tt = torch.full_like(elbo, t, dtype=torch.long)
         x_t = sch.q_sample(x0, tt, generator)
-        term, _ = sch.vb_terms(model.predict_x0(x_t, tt, enc=enc), x0, x_t, tt, torch.full_like(tt, tp))
-        elbo -= term
+        elbo -= bound_term(sch, sch.posterior(model.predict_x0(x_t, tt, enc=enc), x_t, t, tp), x0, x_t, t, tp)
     return elbo
 
 # %% ../nbs/06_reward.ipynb #75c81e8a
@@ -136,7 +165,7 @@ def score_token_episodes(model:VideoDiffusion, episodes:list, # (T_i, g, g) inte
                          cfg:RewardConfig|None=None, show_progress:bool=False) -> list: # (T_i - 1,) float32 arrays
     "Raw per-step rewards of tokenised episodes, batched across episodes."
     cfg, k = cfg or RewardConfig(), model.cfg.num_cond_frames
-    toks = [model.check_tokens(torch.as_tensor(np.asarray(e).astype(np.int64)), f'episode {i} tokens')
+    toks = [model.check_tokens(e if isinstance(e, Tensor) else np.asarray(e), f'episode {i} tokens')
             for i, e in enumerate(episodes)]
     conds, targets = [], []
     for e in toks:
@@ -218,19 +247,25 @@ class DiffusionReward:
                  cfg:RewardConfig|None=None,
                  stats:dict|None=None, # {'mean', 'std'} for standardisation; None = raw rewards
                  resize:bool=False, # resize frames of another size instead of refusing them
+                 precision:str='auto', # 'auto': bf16 where the hardware has it (`tokenizer.fast_bf16`); 'bf16'; 'fp32'
+                 compile:bool=False, # run the denoiser through `torch.compile` (pays after many episodes)
                 ):
         self.tokenizer, self.model, self.cfg = tokenizer, model.eval(), cfg or RewardConfig()
         self.stats, self.resize, self.k = stats, resize, model.cfg.num_cond_frames
+        self.precision = 'bf16' if use_bf16(precision, model.device) else 'fp32'
+        model.precision = self.precision
+        if compile and model._compiled is None: model.compile_denoiser()
 
     def tokenize(self, frames) -> Tensor: # (T, g, g) long
         "Codes of every frame of one episode."
-        return self.tokenizer.encode(check_frames(frames, self.tokenizer.image_size, self.resize))
+        return self.tokenizer.encode(check_frames(frames, self.tokenizer.image_size, self.resize), self.precision)
 
     def raw(self, episodes:list, show_progress:bool=False) -> list:
         "Unstandardised per-step rewards of a list of episodes (frames arrays or `data.Episode`s)."
         size = self.tokenizer.image_size
-        toks = [self.tokenize(check_frames(e, size, self.resize, f'episode {i}')) for i, e in enumerate(episodes)]
-        return score_token_episodes(self.model, toks, self.cfg, show_progress)
+        frames = [check_frames(e, size, self.resize, f'episode {i}') for i, e in enumerate(episodes)]
+        codes = self.tokenizer.encode(np.concatenate(frames), self.precision)  # every frame once, batched
+        return score_token_episodes(self.model, list(codes.split([len(f) for f in frames])), self.cfg, show_progress)
 
     def standardize(self, raw):
         if self.stats is None: return raw
@@ -258,9 +293,10 @@ def _from_checkpoint(cls, video_ckpt:str|Path, # `video_model.pt` from `dr_train
                      task:str|None=None, # task whose standardisation statistics to use
                      standardize:bool=True, # False: raw rewards, no statistics needed
                      stats_path:str|Path|None=None, # default: reward_stats.json beside the video checkpoint
-                     device='auto', resize:bool=False, **cfg_overrides) -> DiffusionReward:
+                     device='auto', resize:bool=False,
+                     precision:str='auto', # 'auto' (bf16 where the hardware has it), 'bf16' or 'fp32'
+                     compile:bool=False, **cfg_overrides) -> DiffusionReward:
     "Load tokenizer, video model and statistics; missing or mismatched pieces raise `CheckpointError`."
-    from diffusion_reward.tokenizer import Tokenizer  # here: the tokenizer module is only needed to load one
     video_ckpt, dev = Path(video_ckpt), get_device(device)
     model = VideoDiffusion.from_checkpoint(video_ckpt, device=dev)
     tok_path = Path(tokenizer) if tokenizer else _tokenizer_path(model, video_ckpt)
@@ -278,7 +314,7 @@ def _from_checkpoint(cls, video_ckpt:str|Path, # `video_model.pt` from `dr_train
         if task is None:
             raise ValueError('standardised rewards need the task name (task=...), or pass standardize=False')
         stats = lookup_stats(stats_path or video_ckpt.parent/STATS_FILE, file_sha256(video_ckpt), cfg.key, task)
-    return cls(tok, model, cfg, stats, resize)
+    return cls(tok, model, cfg, stats, resize, precision, compile)
 
 DiffusionReward.from_checkpoint = _from_checkpoint
 
@@ -297,7 +333,8 @@ class DiffusionRewardWrapper(gym.Wrapper):
 
     def _tokenize(self, frame) -> Tensor: # (g, g)
         rm = self.reward_model
-        return rm.tokenizer.encode(check_frames(frame[None], rm.tokenizer.image_size, rm.resize, 'frame', 1))[0]
+        frames = check_frames(frame[None], rm.tokenizer.image_size, rm.resize, 'frame', 1)
+        return rm.tokenizer.encode(frames, rm.precision)[0]
 
     def step(self, action):
         frame, sparse, term, trunc, info = self.env.step(action)
@@ -375,32 +412,136 @@ def dr_relabel(video_ckpt:str, # video_model.pt from dr_train_video
     with atomic_write(out, 'wb') as f: np.savez_compressed(f, **rewards)
     print(f'wrote rewards of {len(rewards)} episodes to {out}')
 
-# %% ../nbs/06_reward.ipynb #71abce19
-REFERENCE_REWARDS_PER_S = {'cpu': {'episode_100': 2.3},
-                           'h100': {'episode_100': 248.0, 'batch_1000': 653.0, 'batch_4000': 704.0}}
+# %% ../nbs/06_reward.ipynb #b2d4f6a8
+@torch.no_grad()
+def reference_style_chain(model:VideoDiffusion, cond:Tensor, # (B, k, g, g) condition tokens
+                          stride:int=10, generator:torch.Generator|None=None) -> Tensor: # (B,) nats per frame
+    "The reference's entropy chain: the condition's keys/values recomputed per call, dense posteriors for the bound."
+    sch, B, K = model.scheduler, len(cond), model.cfg.num_codes
+    enc = model.encode_condition(model.check_tokens(cond, 'cond', model.cfg.num_cond_frames), kv=False)
+    x, steps = sch.all_masked((B, model.seq_len), model.device), []
+    for t, tp in sch.step_pairs(stride):
+        x_prev, log_p = sch.step(model.predict_x0(x, torch.full((B,), t, device=model.device), enc=enc), x, t, tp,
+                                 1.0, generator)
+        steps.append((t, tp, x, log_p)); x = x_prev
+    elbo = torch.zeros(B, device=model.device)
+    for t, tp, x_t, log_p in steps:
+        if tp < 0: elbo += log_p.gather(-1, x[..., None]).squeeze(-1).sum(-1)
+        else: elbo -= categorical_kl(sch.posterior(log_onehot(x, K), x_t, t, tp), log_p).sum(-1)
+    return elbo
 
+def reference_style_token_rewards(model:VideoDiffusion, episodes:list, # (T_i, g, g) tokens per episode
+                                  stride:int=10, seed:int=0) -> list: # (T_i - 1,) float32 arrays
+    "Reference-style entropy rewards of tokenised episodes: one episode per batch, float32."
+    prev, model.precision = model.precision, 'fp32'
+    try:
+        g, k = torch.Generator(model.device).manual_seed(seed), model.cfg.num_cond_frames
+        return [reference_style_chain(model, e[torch.as_tensor(entropy_windows(len(e), k))], stride, g).cpu().numpy()
+                for e in (model.check_tokens(e if isinstance(e, Tensor) else np.asarray(e), 'tokens')
+                          for e in episodes)]
+    finally: model.precision = prev
+
+@torch.no_grad()
+def reference_style_rewards(vq:VQModel, # the tokenizer's network (channels-first weights)
+                            model:VideoDiffusion, episodes:list, # (T_i, H, W, 3) uint8 frames per episode
+                            stride:int=10, seed:int=0) -> list: # (T_i - 1,) float32 arrays
+    "The reference's per-episode work: tokenise one episode in float32, then the reference-style chain."
+    toks = [vq.encode(frames_to_input(e, vq.cfg.image_size, model.device)[0]) for e in episodes]
+    return reference_style_token_rewards(model, toks, stride, seed)
+
+# %% ../nbs/06_reward.ipynb #71abce19
+def _random_episodes(n_rewards:int, episode_frames:int, size:int, seed:int) -> list: # uint8 (T_i, size, size, 3)
+    "Random frames: episodes of `episode_frames` rewards (`episode_frames` + 1 frames), `n_rewards` in all."
+    rng, sizes = np.random.default_rng(seed), [episode_frames] * (n_rewards // episode_frames)
+    if n_rewards % episode_frames: sizes.append(n_rewards % episode_frames)
+    return [rng.integers(0, 256, (s + 1, size, size, 3), dtype=np.uint8) for s in sizes]
+
+def _timed(fn, episodes:list, sync) -> tuple[float, float]: # wall seconds, process CPU seconds
+    sync(); t, c = time.perf_counter(), time.process_time()
+    fn(episodes); sync()
+    return time.perf_counter() - t, time.process_time() - c
+
+def reward_table(res:dict) -> str:
+    "A `bench_reward` result as a markdown table: rewards/s and ratios to the reference-style path, then the machine."
+    lines = ['| path | rewards | rewards/s | vs reference | rewards per CPU-s | vs reference (CPU time) |',
+             '|---|---|---|---|---|---|']
+    for r in res['rows']:
+        vs = lambda k: f"{r[k]:.2f}x" if r.get(k) else '-'
+        lines.append(f"| {r['path']} | {r['rewards']} | {r['rewards_per_s']:.4g} | {vs('vs_reference')} | "
+                     f"{r['rewards_per_cpu_s']:.4g} | {vs('vs_reference_cpu')} |")
+    m = res['machine']
+    lines.append(f"\n{res['preset']} video model ({res['video_params'] / 1e6:.2f}M parameters), "
+                 f"{res['tokenizer_preset']} tokenizer ({res['tokenizer_params'] / 1e6:.2f}M), random weights, "
+                 f"{res['precision']}, compile {res['compile']}, batch {res['batch_size']} windows; {m['cpu']} "
+                 f"({m['cores']} cores, {m['torch_threads']} torch threads), GPU {m['gpu']}, torch {m['torch']}; "
+                 f"load average {res['load_before']:.2f} before, {res['load_after']:.2f} after")
+    return '\n'.join(lines)
+
+# %% ../nbs/06_reward.ipynb #b2d4f6af
 def bench_reward(preset:str='paper', # video model preset
-                 tokenizer_preset:str='paper', estimator:str='entropy', batch_frames:int=4000,
-                 device:str='auto', seed:int=0, batch_size:int=512) -> dict:
-    "Rewards per second (tokenising included) on a 100-frame episode and a `batch_frames` batch."
-    import time
-    from diffusion_reward.tokenizer import Tokenizer, VQModel, TokenizerConfig
-    dev = get_device(device); seed_everything(seed)
-    tok = Tokenizer(VQModel(TokenizerConfig.preset(tokenizer_preset)).eval(), device=dev)
-    vm = VideoDiffusion(VideoModelConfig.preset(preset, num_codes=tok.num_codes)).to(dev).eval()
-    dr = DiffusionReward(tok, vm, RewardConfig(estimator=estimator, batch_size=batch_size))
-    rng = np.random.default_rng(seed)
-    def rate(n_eps, n_frames):
-        eps = [rng.integers(0, 255, (n_frames + 1, 64, 64, 3), dtype=np.uint8) for _ in range(n_eps)]
-        dr.raw(eps[:1]) if dev.type == 'cuda' else None   # warm-up
-        if dev.type == 'cuda': torch.cuda.synchronize()
-        t0 = time.perf_counter(); dr.raw(eps)
-        if dev.type == 'cuda': torch.cuda.synchronize()
-        return n_eps * n_frames / (time.perf_counter() - t0)
-    out = dict(preset=preset, estimator=estimator, device=str(dev), video_params=vm.num_params(),
-               episode_100=rate(1, 100))
-    if batch_frames: out[f'batch_{batch_frames}'] = rate(batch_frames // 100, 100)
-    out['reference'] = REFERENCE_REWARDS_PER_S['h100' if dev.type == 'cuda' else 'cpu']
-    ref = out['reference'].get('episode_100')
-    if ref: out['episode_100_vs_reference'] = out['episode_100'] / ref
+                 tokenizer_preset:str='paper',
+                 frames:tuple=(100,), # rewards per timed batch (one row per path and batch)
+                 estimators:tuple=ESTIMATORS, reference:bool=True, # also time the reference-style path
+                 device:str='auto', precision:str='auto', compile:bool=False,
+                 batch_size:int|None=None, # windows per network batch (default: 256 on CPU, 1024 on GPU)
+                 episode_frames:int=100, # rewards per episode
+                 seed:int=0, verbose:bool=True) -> dict:
+    "Rewards/s (tokenising included) of each estimator beside the reference-style path: same run, episodes, weights."
+    from diffusion_reward.bench import machine_info
+    dev = get_device(device)
+    bs = batch_size or (1024 if dev.type == 'cuda' else 256)
+    cfgs = {e: RewardConfig(estimator=e, batch_size=bs, seed=seed) for e in estimators}  # bad names fail first
+    seed_everything(seed)
+    vq = VQModel(TokenizerConfig.preset(tokenizer_preset)).eval()
+    vm = VideoDiffusion(VideoModelConfig.preset(preset, num_codes=vq.cfg.num_codes)).to(dev).eval()
+    ref_vq, ref_vm = copy.deepcopy(vq).to(dev), copy.deepcopy(vm)  # same weights, before any change of layout
+    dr = DiffusionReward(Tokenizer(vq, dev), vm, RewardConfig(batch_size=bs), precision=precision, compile=compile)
+    def ours(cfg):
+        def fn(eps): dr.cfg = cfg; return dr.raw(eps)
+        return fn
+    paths = {e: ours(c) for e, c in cfgs.items()}
+    ref_fn = lambda eps: reference_style_rewards(ref_vq, ref_vm, eps, seed=seed)
+    sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
+    out = dict(preset=preset, tokenizer_preset=tokenizer_preset, device=str(dev), precision=dr.precision,
+               compile=compile, batch_size=bs, video_params=vm.num_params(),
+               tokenizer_params=sum(p.numel() for p in vq.parameters()), machine=machine_info(),
+               load_before=os.getloadavg()[0], rows=[])
+    for n in frames:
+        eps = _random_episodes(n, episode_frames, vq.cfg.image_size, seed)
+        warm = eps if dev.type == 'cuda' or compile else [eps[0][:3]]  # GPU / compile: every shape timed
+        for fn in ([ref_fn] if reference else []) + list(paths.values()): fn(warm)
+        times = {}
+        if reference: times['ref'] = [_timed(ref_fn, eps, sync)]
+        for name, fn in paths.items(): times[name] = _timed(fn, eps, sync)
+        if reference:  # again at the end: the two times bracket the others
+            times['ref'].append(_timed(ref_fn, eps, sync)); times['ref'] = tuple(np.mean(times['ref'], 0))
+        ref = times.get('ref')
+        for name, (wall, cpu) in times.items():
+            row = dict(path='reference-style entropy' if name == 'ref' else name, rewards=n,
+                       rewards_per_s=n / wall, rewards_per_cpu_s=n / cpu)
+            if ref and name != 'ref': row.update(vs_reference=ref[0] / wall, vs_reference_cpu=ref[1] / cpu)
+            out['rows'].append(row)
+            key = 'reference' if name == 'ref' else name
+            out[f'{key}_{n}'] = row['rewards_per_s']
+            if 'vs_reference' in row: out[f'{key}_{n}_vs_reference'] = row['vs_reference']
+    out['load_after'] = os.getloadavg()[0]
+    if verbose: print(reward_table(out), flush=True)
     return out
+
+# %% ../nbs/06_reward.ipynb #b2d4f6b0
+@call_parse
+def dr_bench_reward(preset:str='paper', # video model preset
+                    tokenizer_preset:str='paper',
+                    frames:str='100', # comma-separated rewards per timed batch, e.g. 100,4000
+                    estimators:str=','.join(ESTIMATORS), # comma-separated
+                    no_reference:bool=False, # skip the reference-style path
+                    device:str='auto', precision:str='auto', # 'auto' | 'bf16' | 'fp32'
+                    compile:bool=False, # torch.compile the denoiser
+                    batch_size:int=None, # windows per network batch
+                    out:str=None, # also write the figures to this JSON file
+                   ):
+    "Print rewards/s of every estimator beside the reference-style path (same run) as a markdown table."
+    res = bench_reward(preset, tokenizer_preset, tuple(int(f) for f in frames.split(',')),
+                       tuple(e.strip() for e in estimators.split(',')), not no_reference, device, precision, compile,
+                       batch_size)
+    if out: save_json(res, out)

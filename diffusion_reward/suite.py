@@ -20,10 +20,10 @@ from .reward import RewardConfig, DiffusionReward
 from .quickstart import Stages
 
 # %% auto #0
-__all__ = ['REWARD_NAMES', 'METRICS', 'DATA_FIELDS', 'PRETRAINED_DIR', 'SuiteConfig', 'suite_plan', 'dapg_policy_files',
-           'stage_collect', 'training_episodes', 'stage_tokenizer', 'stage_video', 'stage_stats', 'stage_eval',
-           'suite_table', 'suite_targets', 'suite_figure', 'suite_markdown', 'run_suite', 'summarize_suite', 'suite',
-           'dr_suite', 'export_pretrained', 'pretrained_names']
+__all__ = ['REWARD_NAMES', 'METRICS', 'DATA_FIELDS', 'SCORING_FIELDS', 'PRETRAINED_DIR', 'SuiteConfig', 'suite_plan',
+           'dapg_policy_files', 'stage_collect', 'training_episodes', 'stage_tokenizer', 'stage_video', 'stage_stats',
+           'stage_eval', 'suite_table', 'suite_targets', 'suite_figure', 'suite_markdown', 'run_suite',
+           'summarize_suite', 'suite', 'dr_suite', 'export_pretrained', 'pretrained_names']
 
 # %% ../nbs/15_suite.ipynb #91f875c3
 @dataclass
@@ -235,13 +235,18 @@ def suite_markdown(rows:list[dict], targets:dict, header:list[str]) -> str:
 DATA_FIELDS = ('domain', 'train_tasks', 'unseen_tasks', 'train_episodes', 'test_episodes', 'random_episodes',
                'noisy_levels', 'noisy_episodes', 'stats_episodes', 'episode_steps', 'data_seed')
 
-def _same_or_new(path:Path, d:dict):
-    "Write `d` to `path`, or refuse when the file already holds different values."
+SCORING_FIELDS = ('estimator', 'compare')  # changing only these re-scores a seed's trained models
+
+def _same_or_new(path:Path, d:dict, rescore:tuple=()) -> bool:
+    "Write `d` to `path`, or refuse when the file holds other values; True when only `rescore` fields changed."
     import json
     d = json.loads(json.dumps(d))  # tuples read back as lists
-    if path.exists() and (old := load_json(path)) != d:
-        raise ValueError(f"{path}: holds another configuration ({', '.join(sorted(k for k in d if old.get(k) != d[k]))} differ); use another --out")
+    old = load_json(path) if path.exists() else d
+    changed = sorted(k for k in d.keys() | old.keys() if old.get(k) != d.get(k))
+    if set(changed) - set(rescore):
+        raise ValueError(f"{path}: holds another configuration ({', '.join(changed)} differ); use another --out")
     save_json(d, path)
+    return bool(changed)
 
 def run_suite(cfg:SuiteConfig, root:str|Path, expert_dir=None) -> dict:
     "Run (or resume) one seed of a domain suite under `root`; returns every stage's result."
@@ -250,7 +255,8 @@ def run_suite(cfg:SuiteConfig, root:str|Path, expert_dir=None) -> dict:
     for e in (cfg.estimator, *cfg.compare): RewardConfig(estimator=e)
     if cfg.domain == 'adroit': dapg_policy_files(cfg.train_tasks, expert_dir)
     _same_or_new(root/'data_config.json', {k: getattr(cfg, k) for k in DATA_FIELDS})
-    _same_or_new(run/'config.json', cfg.to_dict())
+    if _same_or_new(run/'config.json', cfg.to_dict(), SCORING_FIELDS):  # a new estimator: score again
+        for name in ('stats', 'eval'): (run/'stages'/f'{name}.json').unlink(missing_ok=True)
     seed_everything(cfg.seed)
     r = dict(collect=Stages(root).run('collect', lambda: stage_collect(cfg, data, expert_dir)))
     st = Stages(run)

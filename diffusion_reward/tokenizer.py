@@ -4,7 +4,7 @@
 
 # %% ../nbs/03a_tokenizer.ipynb #210bc884
 from __future__ import annotations
-import math
+import functools, math
 from dataclasses import dataclass
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from .core import CheckpointError, get_device, load_checkpoint, Config
 # %% auto #0
 __all__ = ['ARCH_FIELDS', 'CKPT_KIND', 'TokenizerConfig', 'ResBlock', 'AttnBlock', 'Downsample', 'Upsample', 'Encoder', 'Decoder',
            'ReluResBlock', 'VQVAEEncoder', 'VQVAEDecoder', 'kmeans', 'Quantizer', 'VQModel', 'count_params',
-           'frames_to_input', 'output_to_frames', 'Tokenizer', 'config_from_checkpoint']
+           'frames_to_input', 'output_to_frames', 'fast_bf16', 'use_bf16', 'Tokenizer', 'config_from_checkpoint']
 
 # %% ../nbs/03a_tokenizer.ipynb #4658bcf7
 def _check_arch(cfg) -> None:
@@ -416,12 +416,43 @@ def output_to_frames(x:torch.Tensor) -> torch.Tensor: # (N, 3, H, W) float in [-
     "Decoder output to uint8 channels-last frames (clipped, rounded)."
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
 
+# %% ../nbs/03a_tokenizer.ipynb #b7f1a2c4
+@functools.cache
+def _cpu_flags() -> frozenset|None:
+    "The CPU's feature flags from /proc/cpuinfo (None where that file is not readable)."
+    try:
+        with open('/proc/cpuinfo') as f: line = next((l for l in f if l.startswith('flags')), None)
+    except OSError: return None
+    return frozenset(line.split(':', 1)[1].split()) if line else None
+
+def fast_bf16(device) -> bool:
+    "Whether bf16 autocast speeds inference up on `device`: CUDA with bf16, or a CPU with bf16 matrix units."
+    device = torch.device(device)
+    if device.type == 'cuda': return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != 'cpu': return False
+    try: onednn = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError): return False
+    flags = _cpu_flags()
+    return onednn and (flags is None or bool(flags & {'amx_bf16', 'avx512_bf16'}))
+
+def use_bf16(precision:str, # 'auto' (bf16 where `fast_bf16`), 'bf16' or 'fp32'
+             device) -> bool:
+    "Resolve an inference precision setting for `device`."
+    if precision not in ('auto', 'bf16', 'fp32'):
+        raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {precision!r}")
+    return precision == 'bf16' or (precision == 'auto' and fast_bf16(device))
+
 # %% ../nbs/03a_tokenizer.ipynb #bbbbf3b9
 class Tokenizer:
     "Frames <-> code grids with a trained `VQModel`."
-    def __init__(self, model:VQModel, device='auto', batch_size:int=256):
-        self.device = get_device(device)
-        self.model, self.cfg, self.batch_size = model.to(self.device).eval(), model.cfg, batch_size
+    def __init__(self, model:VQModel, device='auto', batch_size:int=256,
+                 precision:str='fp32', # encoder precision: 'fp32', 'bf16' or 'auto' (bf16 where `fast_bf16`)
+                ):
+        self.device, self.precision = get_device(device), precision
+        use_bf16(precision, self.device)  # a bad setting fails here, not at the first encode
+        # channels-last weights: the convolutions run on NHWC data without reordering (CPU oneDNN, GPU tensor cores)
+        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+        self.cfg, self.batch_size = model.cfg, batch_size
 
     @property
     def num_codes(self) -> int: return self.cfg.num_codes
@@ -434,11 +465,16 @@ class Tokenizer:
 
     @torch.no_grad()
     def encode(self, frames, # uint8 (..., 64, 64, 3) or float (..., 3, 64, 64) in [-1, 1]
+               precision:str|None=None, # 'fp32', 'bf16' or 'auto'; default the tokenizer's `precision`
               ) -> torch.Tensor: # (..., 8, 8) long
-        "Code grids for a batch of frames."
+        "Code grids for a batch of frames, `batch_size` frames per network call."
         x, lead = frames_to_input(frames, self.image_size, self.device)
         if not len(x): return torch.zeros(*lead, *self.grid, dtype=torch.long, device=self.device)
-        return torch.cat([self.model.encode(xs) for xs in x.split(self.batch_size)]).view(*lead, *self.grid)
+        amp = use_bf16(precision or self.precision, self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+            codes = [self.model.encode(xs.contiguous(memory_format=torch.channels_last))
+                     for xs in x.split(self.batch_size)]
+        return torch.cat(codes).view(*lead, *self.grid)
 
 # %% ../nbs/03a_tokenizer.ipynb #c9fab95b
 def _check_codes(c:torch.Tensor, grid:tuple, num_codes:int):

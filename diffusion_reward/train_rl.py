@@ -265,7 +265,8 @@ def update_learner(agent:DrQV2Agent, reward_fn, replay:ReplayBuffer, step:int, b
     "One learner update on a replay batch, plus the reward's own update (on the batch's frames) when one is due."
     batch = replay.sample(batch_size)
     metrics = agent.update(batch, step)
-    if reward_fn.update_every and step % reward_fn.update_every == 0: metrics.update(reward_fn.update(batch.for_frames()))
+    if reward_fn.update_every and step % reward_fn.update_every == 0:
+        metrics.update(reward_fn.update(batch.for_frames()))
     return metrics
 
 def evaluate_and_log(agent:DrQV2Agent, env, cfg:TrainRLConfig, step:int, frame:int, out:Path,
@@ -328,7 +329,8 @@ def train_rl(cfg:TrainRLConfig, # run settings
     out, t_start, cpu_start = Path(out), time.time(), time.process_time()
     ckpt_path = run_folder(out, resume)
     agent_cfg = agent_cfg or DrQV2Config.preset(cfg.agent, obs=cfg.obs)
-    if agent_cfg.obs != cfg.obs: raise ValueError(f"the agent config sees {agent_cfg.obs!r}, the run's obs is {cfg.obs!r}")
+    if agent_cfg.obs != cfg.obs:
+        raise ValueError(f"the agent config sees {agent_cfg.obs!r}, the run's obs is {cfg.obs!r}")
     device = get_device(cfg.device)
     if device.type == 'cuda': torch.backends.cudnn.benchmark = True
 
@@ -375,7 +377,7 @@ def train_rl(cfg:TrainRLConfig, # run settings
                 if cfg.eval_episodes and frame >= run.next_eval:
                     t_eval, cpu_eval = time.time(), time.process_time()
                     eval_now(); run.next_eval += cfg.eval_every_frames
-                    t_episode, cpu_episode = t_episode + time.time() - t_eval, cpu_episode + time.process_time() - cpu_eval
+                    t_episode += time.time() - t_eval; cpu_episode += time.process_time() - cpu_eval
                 action = agent.act(states[-1] if state else obs, run.step, eval_mode=False)
                 # --- update the learner (and the reward, if it learns online)
                 if frame >= cfg.seed_frames and run.step % agent_cfg.update_every_steps == 0 and len(replay):
@@ -390,7 +392,8 @@ def train_rl(cfg:TrainRLConfig, # run settings
             # --- reward: relabel the whole episode from its frames in one call, then store it
             frames = np.stack(frames)
             rewards = reward_fn(frames, np.asarray(sparse, np.float32))
-            replay.add_episode(frames, np.stack(actions), rewards, terminated, states=np.stack(states) if state else None)
+            replay.add_episode(frames, np.stack(actions), rewards, terminated,
+                               states=np.stack(states) if state else None)
             run.episode += 1
             row = episode_row(run, agent_cfg, replay, sparse, rewards, success, len(actions) * ar,
                               time.time() - t_episode, time.process_time() - cpu_episode,
@@ -479,6 +482,7 @@ def bench_train_rl(task:str='reach-v3', # task for `envs.make_env`
                    agent:str|None=None, # DrQV2Config preset; None = the preset's ('state' for states with 'paper')
                    reward_fn=None, # a built reward object instead of `reward` by name
                    reward_checkpoint:str|None=None, # reward-model checkpoint for a learned reward by name
+                   warmup_episodes:int=0, # learning episodes before the timed ones (compilation, autotuning)
                    **overrides) -> dict: # more `TrainRLConfig` settings (amp, compile, ...)
     "Env frames/s of the training loop with learning on (per wall and per CPU second), and of the environment alone."
     env_fn = env_fn or default_env_fn
@@ -492,17 +496,19 @@ def bench_train_rl(task:str='reach-v3', # task for `envs.make_env`
         _, _, term, trunc, _ = env.step(env.action_space.sample()); n += 1; done = term or trunc
     env_fps, ep_frames = n * ar / (time.time() - t), n * ar
     env.close()
-    cfg = cfg.replace(seed_frames=ep_frames, frames=ep_frames * (1 + episodes), replay_capacity=ep_frames * 8)
+    cfg = cfg.replace(seed_frames=ep_frames, frames=ep_frames * (1 + warmup_episodes + episodes),
+                      replay_capacity=ep_frames * 8)
     with tempfile.TemporaryDirectory() as d:
         s = train_rl(cfg, d, env_fn=env_fn, reward_fn=reward_fn, reward_checkpoint=reward_checkpoint)
-        rows = read_csv(Path(d) / 'train.csv')[1:]
+        rows = read_csv(Path(d) / 'train.csv')
+    done_before, rows = rows[warmup_episodes]['charts/updates'], rows[1 + warmup_episodes:]  # row 0: the seed episode
     loop_fps, cpu_fps = (float(np.mean([r[k] for r in rows])) for k in ('charts/fps', 'charts/cpu_fps'))
-    seconds = sum(r['train/episode_length'] / r['charts/fps'] for r in rows)  # the timed episodes hold every update
+    seconds = sum(r['train/episode_length'] / r['charts/fps'] for r in rows)
     dev = get_device(device).type
     cap = REFERENCE_LOOP_FPS.get(dev) if (preset, obs) == ('paper', 'pixels') else None
     return dict(task=task, reward=reward, preset=preset, obs=obs, agent=agent, device=dev,
                 env_only_frames_per_s=env_fps, loop_frames_per_s=loop_fps, loop_cpu_frames_per_s=cpu_fps,
-                updates_per_s=s['updates'] / seconds,
+                updates_per_s=(s['updates'] - done_before) / seconds,
                 loop_vs_env=loop_fps / env_fps, reference_loop_cap=cap,
                 loop_vs_reference_cap=loop_fps / cap if cap else None)
 
@@ -549,11 +555,12 @@ def bench_state_vs_pixels(task:str='door-close-v3', # task for `envs.make_env`
         px = bench_train_rl(preset=pixel_preset, obs='pixels', reward_fn=reward_fn(), **kw)
     finally: torch.set_num_threads(before)
     standin = reward in DIFFUSION_ESTIMATORS and not reward_checkpoint
-    out = dict(task=task, reward=reward, reward_model=f'{model_preset} (random weights)' if standin else reward_checkpoint,
-               threads=threads or before, env_only_frames_per_s=st['env_only_frames_per_s'])
+    out = dict(task=task, reward=reward, threads=threads or before, env_only_frames_per_s=st['env_only_frames_per_s'],
+               reward_model=f'{model_preset} (random weights)' if standin else reward_checkpoint)
     for name, r in (('state', st), ('pixels', px)):
         out.update({f'{name}_agent': r['agent'], f'{name}_frames_per_s': r['loop_frames_per_s'],
-                    f'{name}_cpu_frames_per_s': r['loop_cpu_frames_per_s'], f'{name}_updates_per_s': r['updates_per_s']})
+                    f'{name}_cpu_frames_per_s': r['loop_cpu_frames_per_s'],
+                    f'{name}_updates_per_s': r['updates_per_s']})
     out['state_vs_pixels'] = out['state_frames_per_s'] / out['pixels_frames_per_s']
     out['state_target_frames_per_s'] = STATE_TARGET_FPS
     return out

@@ -2,6 +2,7 @@ import os
 os.environ.setdefault('MUJOCO_GL', 'egl')
 os.environ.setdefault('PYOPENGL_PLATFORM', os.environ['MUJOCO_GL'])
 os.environ.setdefault('DR_NO_PROGRESS', '1')
+import os, shutil
 import pytest
 from pathlib import Path
 
@@ -29,3 +30,19 @@ def dapg_dir():
     d = SHARED/'data'/'adroit_dapg'
     if not (d/'door-v0.pickle').exists(): pytest.skip(f'DAPG policy files not found at {d}')
     return d
+
+def chromium_path():
+    "Debian's chromium (or DR_CHROMIUM); Playwright drives it through `executable_path`, no browser download."
+    for c in (os.environ.get('DR_CHROMIUM'), shutil.which('chromium'), shutil.which('chromium-browser'), '/usr/bin/chromium'):
+        if c and Path(c).exists(): return c
+
+@pytest.fixture(scope='session')
+def browser():
+    "Headless chromium through Playwright; skips with the install command when either is missing."
+    exe = chromium_path()
+    if not exe: pytest.skip('no chromium: `apt-get install chromium` (or set DR_CHROMIUM); never `playwright install`')
+    sync_api = pytest.importorskip('playwright.sync_api', reason='playwright (pip) drives chromium: `bash .ci/setup.sh --dev`')
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, headless=True, args=['--no-sandbox'])
+        try: yield b
+        finally: b.close()

@@ -15,12 +15,6 @@ def _docs():
     m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
     return m
 
-def chromium_path():
-    "Debian's chromium (or DR_CHROMIUM); Playwright drives it through `executable_path`, no browser download."
-    for c in (os.environ.get('DR_CHROMIUM'), shutil.which('chromium'), shutil.which('chromium-browser'),
-              '/usr/bin/chromium'):
-        if c and Path(c).exists(): return c
-
 @pytest.fixture(scope='module')
 def docs(): return _docs()
 
@@ -38,17 +32,6 @@ def site(docs, tmp_path_factory):
                        capture_output=True, text=True, timeout=BUILD_TIMEOUT)
     assert r.returncode == 0, f'site build failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}'
     return out, json.loads((out/'_build_report.json').read_text())
-
-@pytest.fixture(scope='module')
-def browser():
-    exe = chromium_path()
-    if not exe: pytest.skip('no chromium: `apt-get install chromium` (or set DR_CHROMIUM); never `playwright install`')
-    sync_api = pytest.importorskip('playwright.sync_api',
-                                   reason='playwright (pip) drives chromium: `bash .ci/setup.sh --dev`')
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, headless=True, args=['--no-sandbox'])
-        try: yield b
-        finally: b.close()
 
 def test_every_notebook_has_a_page(docs, site):
     out, report = site

@@ -23,11 +23,6 @@ STATE_CELLS = [
     "             if type(v).__name__ == 'DiscriminationView' and not k.startswith('_')]}))",
 ]
 
-def chromium_path():
-    for c in (os.environ.get('DR_CHROMIUM'), shutil.which('chromium'), shutil.which('chromium-browser'),
-              '/usr/bin/chromium'):
-        if c and Path(c).exists(): return c
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
@@ -92,17 +87,6 @@ def lab(tmp_path):
         try: os.killpg(server.pid, signal.SIGKILL)  # kernels in the same session
         except ProcessLookupError: pass
         log.close()
-
-@pytest.fixture
-def browser():
-    exe = chromium_path()
-    if not exe: pytest.skip('no chromium: `apt-get install chromium` (or set DR_CHROMIUM); never `playwright install`')
-    sync_api = pytest.importorskip('playwright.sync_api',
-                                   reason='playwright (pip) drives chromium: `bash .ci/setup.sh --dev`')
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, headless=True, args=['--no-sandbox'])
-        try: yield b
-        finally: b.close()
 
 NB = 'window.jupyterapp.shell.currentWidget'
 

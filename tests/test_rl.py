@@ -218,3 +218,70 @@ def test_gpu_loop_and_learner_speed(tmp_path):
     assert s['updates'] == (300 - 200) // 4 and load_checkpoint(tmp_path / 'checkpoint.pt')['replay']['added'] == 6
     r = bench_drqv2('paper', batch_size=256, updates=50, warmup=10, device='cuda')
     assert r['updates_per_s'] > 0
+
+
+# --- state observations on the real environments (the loop itself: nbs/09b_train_rl)
+
+@pytest.mark.parametrize('task', ['reach-v3', 'door'])
+def test_state_agent_on_real_tasks(task, tmp_path):
+    "The agent sees the environment's state; RND still trains on the rendered frames, which the replay keeps."
+    from diffusion_reward.envs import make_env
+    env = make_env(task, seed=0)
+    state_dim = len(env.reset(seed=0)[1]['state']); env.close()
+    for name in ('sparse', 'rnd'):
+        cfg = tiny(task=task, reward=name, obs='state', frames=200, episode_steps=25, seed_frames=100, eval_episodes=1)
+        s = train_rl(cfg, tmp_path / name)
+        assert s['obs'] == 'state' and s['updates'] == 25 and [e['frame'] for e in s['eval']] == [0, 200]
+        ck = load_checkpoint(tmp_path / name / 'checkpoint.pt')
+        assert ck['agent']['actor']['trunk.0.weight'].shape[1] == state_dim and 'encoder_opt' not in ck['agent']
+        chunk = load_checkpoint(tmp_path / name / 'replay' / ck['replay_chunks'][0][0])
+        assert chunk['states'].shape[1] == state_dim
+        assert ('frames' in chunk) == (name == 'rnd')
+        rows = read_csv(tmp_path / name / 'train.csv')
+        if name == 'rnd': assert rows[-1]['train/rnd_loss'] is not None and rows[-1]['train/episode_bonus_reward'] > 0
+
+
+# --- the comparison command: separate processes, killed part-way and resumed
+
+def test_compare_rl_kill_and_resume(tmp_path):
+    """dr_compare_rl --preset tiny (reach-v3, sparse and rnd, 2 seeds, 2 workers): killed after the first checkpoint,
+    rerun to the end; every run resumes or finishes, and the CSV and the table hold every evaluation once."""
+    import csv, signal, sys, time
+    out = tmp_path / 'cmp'
+    cmd = [sys.executable, '-m', 'diffusion_reward.compare_rl', str(out), '--preset', 'tiny', '--workers', '2']
+    env = dict(os.environ, DR_NO_PROGRESS='1', OMP_NUM_THREADS='1')
+    p = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 600
+    while not list(out.glob('*/*/s*/checkpoint.pt')) and p.poll() is None and time.time() < deadline: time.sleep(0.2)
+    assert p.poll() is None, p.stdout.read().decode()[-2000:]
+    os.killpg(p.pid, signal.SIGKILL); p.wait()
+    assert not list(out.glob('*/*/s*/summary.json'))  # stopped part-way
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert '(resume)' in r.stdout and 'FAILED' not in r.stdout
+    with open(out / 'curves.csv') as f: rows = list(csv.DictReader(f))
+    runs = {(row['reward'], row['seed']) for row in rows}
+    assert runs == {(rw, s) for rw in ('sparse', 'rnd') for s in ('1', '2')}
+    for run in runs:  # evaluations at 0, 80, 160 and 240 frames, each once
+        assert sorted(int(row['frame']) for row in rows if (row['reward'], row['seed']) == run) == [0, 80, 160, 240]
+    table = (out / 'results.md').read_text().splitlines()
+    assert '| success @240 (%) | frames to 50% | frames to 100% |' in table[0]
+    assert [line.split(' | ')[1:3] for line in table[2:]] == [['sparse', '2'], ['rnd', '2']]
+    assert (out / 'curves.png').stat().st_size > 1000
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)  # all done: nothing to run
+    assert r.returncode == 0 and 'start' not in r.stdout
+
+
+# --- GPU readiness script, in its tiny CPU configuration
+
+def test_gpu_readiness_script_tiny_on_cpu(tmp_path):
+    script = Path(__file__).resolve().parents[1] / '.ci' / 'gpu_rl.sh'
+    out = tmp_path / 'gpu.json'
+    r = subprocess.run([str(script), '--device', 'cpu', '--preset', 'tiny', '--model_preset', 'tiny',
+                        '--task', 'reach-v3', '--episode_steps', '10', '--updates', '2', '--episodes', '1',
+                        '--out', str(out)],
+                       capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert 'updates/s' in r.stdout and 'env frames/s (target 600)' in r.stdout
+    res = json.loads(out.read_text())
+    assert set(res['learner_updates_per_s']) == {'fp32', 'bf16'} and res['loop_env_frames_per_s'] > 0
