@@ -22,20 +22,21 @@ __all__ = ['CURVE_COLUMNS', 'GPU_TARGETS', 'LEARNER_VARIANTS', 'CompareConfig', 
 class CompareConfig(Config):
     "Tasks, rewards, seeds and the shared settings of a comparison."
     tasks: tuple = ('door-close-v3', 'coffee-button-v3')
-    rewards: tuple = ('sparse', 'rnd', 'diffusion', 'diffusion_likelihood_fast')
+    rewards: tuple = ('sparse', 'rnd', 'diffusion_fast', 'diffusion_likelihood_fast')
     seeds: tuple = (1, 2, 3)
     frames: int = 150_000                # env frames per run
     obs: str = 'state'                   # what the agents see: 'state' or 'pixels' (the paper's protocol)
     run_preset: str = 'paper'            # `TrainRLConfig` preset of every run
     eval_every: int = 10_000             # frames between evaluations (and checkpoints)
     eval_episodes: int = 10              # episodes per evaluation
-    reward_checkpoint: str|None = None   # reward model of the learned rewards: a path or a shipped name ('metaworld')
+    reward_checkpoint: str|None = 'metaworld'  # model of the learned rewards: a path or a shipped name
     episode_steps: int|None = None       # None = each task's
     device: str = 'cpu'                  # learner device of every run
 
 CompareConfig.presets = {
     'paper': {},
     'tiny': dict(tasks=('reach-v3',), rewards=('sparse', 'rnd'), seeds=(1, 2), frames=240, run_preset='tiny',
+                 reward_checkpoint=None,
                  eval_every=80, eval_episodes=1, episode_steps=10),
 }
 
@@ -153,7 +154,7 @@ def plot_curves(stats:dict, title:str|None=None):
     "One panel per task: mean success (%) against frames, a band of one standard error, one line per reward."
     import matplotlib.pyplot as plt
     tasks = list(dict.fromkeys(t for t, _ in stats))
-    fig, axs = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.2), squeeze=False)
+    fig, axs = plt.subplots(1, len(tasks), figsize=(max(5.5, 4.2 * len(tasks)), 3.2), squeeze=False)
     for ax, task in zip(axs[0], tasks):
         for (t, reward), s in stats.items():
             if t != task: continue
@@ -163,7 +164,7 @@ def plot_curves(stats:dict, title:str|None=None):
         ax.set(title=task, xlabel='frames (thousands)', ylabel='success rate (%)', ylim=(-3, 103))
         ax.grid(alpha=0.3)
     axs[0][-1].legend(fontsize=7, loc='upper left')
-    if title: fig.suptitle(title, fontsize=9)
+    if title: fig.suptitle(title, fontsize=8)
     fig.tight_layout(); plt.close(fig)
     return fig
 
@@ -200,7 +201,8 @@ def report(cfg:CompareConfig, out:str|Path, budgets:tuple|None=None) -> str:
     if not rows: return 'no evaluations yet'
     stats = curve_stats(rows)
     budgets = budgets or tuple(sorted({cfg.frames // 3, 2 * cfg.frames // 3, cfg.frames}))
-    plot_curves(stats, f'{cfg.obs} agent, {cfg.eval_episodes} evaluation episodes').savefig(out / 'curves.png', dpi=120)
+    title = f'{cfg.obs} agent, {cfg.eval_episodes} evaluation episodes; mean ± standard error over seeds'
+    plot_curves(stats, title).savefig(out / 'curves.png', dpi=120)
     table = results_table(stats, budgets)
     with atomic_write(out / 'results.md', 'w') as f: f.write(table + '\n')
     return table

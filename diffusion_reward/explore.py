@@ -148,7 +148,7 @@ def place_hand(env, xyz, # where the fingertips should go (world frame, metres)
     mujoco.mj_forward(sim.model, sim.data)
     return hand_position(env)
 
-# %% ../nbs/17_explore.ipynb #9a3fc7f9
+# %% ../nbs/17_explore.ipynb #a122f612
 def landscape_frames(task:str, xs, ys, # grid coordinates (metres, world frame)
                      z:float|None=None, # hand height (default: the start's)
                      seed:int=0, start_steps:int=0, # scene seed; policy steps before the start
@@ -159,13 +159,15 @@ def landscape_frames(task:str, xs, ys, # grid coordinates (metres, world frame)
     env = make_env(task, seed=seed)
     if env.preset.domain != 'metaworld': env.close(); raise ValueError(f'{task}: a landscape moves a MetaWorld hand')
     frame, info = env.reset(seed=seed)
+    sim = env.sim
+    offset = sim.data.mocap_pos[0] - hand_position(env)  # measured at rest: a moving hand lags its mocap target
     history, rng, act = [frame], np.random.default_rng(seed), make_policy(policy, env)
     for _ in range(start_steps):
         frame, _, _, _, info = env.step(act(info['state'], rng)); history.append(frame)
-    sim, start = env.sim, hand_position(env)
+    start = hand_position(env)
     kind = mujoco.mjtState.mjSTATE_INTEGRATION
     state = np.empty(mujoco.mj_stateSize(sim.model, kind)); mujoco.mj_getState(sim.model, sim.data, state, kind)
-    offset, z = sim.data.mocap_pos[0] - start, start[2] if z is None else z
+    z = start[2] if z is None else z
     frames, reached = [], []
     for y in ys:
         for x in xs:
@@ -211,10 +213,10 @@ def reward_landscape(reward:DiffusionReward, task:str,
     ls.figure = landscape_figure(ls, standardized=not raw and reward.stats is not None)
     return ls
 
-# %% ../nbs/17_explore.ipynb #a7ac5a4d
+# %% ../nbs/17_explore.ipynb #2f9fcc72
 def landscape_figure(ls:Landscape, standardized:bool=True) -> Figure:
     "The start frame, the reward heatmap over hand positions and the frames at its best and worst points."
-    fig = Figure(figsize=(11, 3.2), dpi=80)
+    fig = Figure(figsize=(11, 3.5), dpi=80)
     a, h, b, w = fig.subplots(1, 4, gridspec_kw=dict(width_ratios=(1, 1.45, 1, 1)))
     a.imshow(ls.history[-1]); a.set_title(f'start (step {len(ls.history) - 1})', fontsize=9)
     half = lambda v: (v[1] - v[0]) / 2 if len(v) > 1 else 0.01
@@ -222,13 +224,14 @@ def landscape_figure(ls:Landscape, standardized:bool=True) -> Figure:
     im = h.imshow(ls.rewards, origin='lower', cmap='viridis', aspect='auto',
                   extent=(ls.xs[0] - dx, ls.xs[-1] + dx, ls.ys[0] - dy, ls.ys[-1] + dy))
     fig.colorbar(im, ax=h, label='reward' + (' (standardised)' if standardized else ' (raw, nats)'))
-    h.plot(*ls.start[:2], 'wx', ms=9, mew=2, label='hand at start')
+    h.plot(*ls.start[:2], 'X', color='w', mec='k', ms=9, label='hand at start')
     gx, gy = np.meshgrid(ls.xs, ls.ys)
     miss = np.hypot(ls.reached[..., 0] - gx, ls.reached[..., 1] - gy) > 0.02   # the arm could not get there
     if miss.any(): h.plot(gx[miss], gy[miss], '.', color='0.85', ms=4, label='not reached (> 2 cm off)')
     if ls.goal is not None: h.plot(*ls.goal[:2], '*', color='C3', ms=12, mec='w', label='goal')
     h.set(xlabel='hand x (m)', ylabel='hand y (m)', xlim=im.get_extent()[:2], ylim=im.get_extent()[2:])
-    h.set_title(f'{ls.task}: reward of moving the hand here', fontsize=9); h.legend(fontsize=7, loc='upper right')
+    h.set_title(f'{ls.task}: reward of moving the hand here', fontsize=9)
+    h.legend(fontsize=7, loc='upper center', bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False, handletextpad=0.2)
     for ax, idx, lbl in ((b, np.unravel_index(ls.rewards.argmax(), ls.rewards.shape), 'highest'),
                          (w, np.unravel_index(ls.rewards.argmin(), ls.rewards.shape), 'lowest')):
         ax.imshow(ls.frames[idx]); ax.set_title(f'{lbl}: {ls.rewards[idx]:.2f}', fontsize=9)

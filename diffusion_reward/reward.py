@@ -247,7 +247,7 @@ class DiffusionReward:
                  cfg:RewardConfig|None=None,
                  stats:dict|None=None, # {'mean', 'std'} for standardisation; None = raw rewards
                  resize:bool=False, # resize frames of another size instead of refusing them
-                 precision:str='auto', # 'auto': bf16 where the hardware has it (`tokenizer.fast_bf16`); 'bf16'; 'fp32'
+                 precision:str='fp32', # 'fp32'; 'bf16' (opt-in: see the check below); 'auto': bf16 where the hardware has it
                  compile:bool=False, # run the denoiser through `torch.compile` (pays after many episodes)
                 ):
         self.tokenizer, self.model, self.cfg = tokenizer, model.eval(), cfg or RewardConfig()
@@ -294,7 +294,7 @@ def _from_checkpoint(cls, video_ckpt:str|Path, # `video_model.pt` from `dr_train
                      standardize:bool=True, # False: raw rewards, no statistics needed
                      stats_path:str|Path|None=None, # default: reward_stats.json beside the video checkpoint
                      device='auto', resize:bool=False,
-                     precision:str='auto', # 'auto' (bf16 where the hardware has it), 'bf16' or 'fp32'
+                     precision:str='fp32', # 'fp32', 'bf16' or 'auto' (bf16 where the hardware has it)
                      compile:bool=False, **cfg_overrides) -> DiffusionReward:
     "Load tokenizer, video model and statistics; missing or mismatched pieces raise `CheckpointError`."
     video_ckpt, dev = Path(video_ckpt), get_device(device)
@@ -535,7 +535,7 @@ def dr_bench_reward(preset:str='paper', # video model preset
                     frames:str='100', # comma-separated rewards per timed batch, e.g. 100,4000
                     estimators:str=','.join(ESTIMATORS), # comma-separated
                     no_reference:bool=False, # skip the reference-style path
-                    device:str='auto', precision:str='auto', # 'auto' | 'bf16' | 'fp32'
+                    device:str='auto', precision:str='fp32', # 'fp32' | 'bf16' | 'auto'
                     compile:bool=False, # torch.compile the denoiser
                     batch_size:int=None, # windows per network batch
                     out:str=None, # also write the figures to this JSON file
