@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Rewards/s of every reward estimator beside the reference-style path, measured in the same run (nbs/06_reward.ipynb,
-# "Speed"). Default: the paper presets (random weights) on a 100- and a 4000-frame batch, eager, then compiled on CUDA.
+# "Speed"). Default: the paper presets (random weights), bf16 where the hardware has it (--precision auto), on a 100-
+# and a 4000-frame batch; eager, then with the denoiser compiled where CUDA is.
 # Reference implementation on one H100 (not this run): 248 rewards/s on 100 frames, 704/s on 4000; targets for this
 # project there: >= 2,500/s and >= 7,000/s.
 #   .ci/gpu_reward.sh                               on a GPU machine (a few minutes)
@@ -10,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
-bench() { python -c 'from diffusion_reward.reward import dr_bench_reward; dr_bench_reward()' --frames 100,4000 "$@"; }
+bench() { dr_bench_reward --frames 100,4000 --precision auto "$@"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
 echo "## eager"
 bench "$@"

@@ -14,6 +14,6 @@ if [ "$before" != "$after" ]; then
   git --no-pager diff --stat >&2
   exit 1
 fi
-python3 .ci/notebooks.py check || echo 'WARNING: the notebooks listed above need: python .ci/notebooks.py run NB (stale stored outputs)' >&2
+python3 .ci/notebooks.py check
 python3 .ci/readme.py --check
-python3 -m pytest -q -p no:cacheprovider "$@" tests
+python3 -m pytest -q -p no:cacheprovider --durations=25 "$@" tests

@@ -4,12 +4,12 @@
 
 # %% ../nbs/16_compare_rl.ipynb #940d74fe
 from __future__ import annotations
-import csv, os, subprocess, sys, time
+import csv, os, signal, subprocess, sys, threading, time
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 from fastcore.script import call_parse, store_true
-from .core import Config, atomic_write, save_json
+from .core import Config, atomic_write, load_json, save_json
 from .train_rl import TrainRLConfig, folder_lock, read_csv
 
 # %% auto #0
@@ -36,8 +36,7 @@ class CompareConfig(Config):
 CompareConfig.presets = {
     'paper': {},
     'tiny': dict(tasks=('reach-v3',), rewards=('sparse', 'rnd'), seeds=(1, 2), frames=240, run_preset='tiny',
-                 reward_checkpoint=None,
-                 eval_every=80, eval_episodes=1, episode_steps=10),
+                 reward_checkpoint=None, eval_every=80, eval_episodes=1, episode_steps=10),
 }
 
 # %% ../nbs/16_compare_rl.ipynb #74c95ae5
@@ -67,9 +66,8 @@ def run_status(run:Run, cfg:CompareConfig) -> str:
     summary = run.folder / 'summary.json'
     if summary.exists():
         try:
-            import json
-            if json.loads(summary.read_text())['frames'] >= cfg.frames: return 'done'
-        except (ValueError, KeyError): pass
+            if load_json(summary)['frames'] >= cfg.frames: return 'done'
+        except (ValueError, KeyError): pass  # a summary being written: not done yet
     return 'resume' if (run.folder / 'checkpoint.pt').exists() else 'new'
 
 def run_command(run:Run, cfg:CompareConfig) -> list[str]:
@@ -211,10 +209,16 @@ def compare_rl(cfg:CompareConfig, out:str|Path, workers:int|None=None, echo=prin
     "Run the comparison (resuming what exists) and report it; the markdown table."
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     workers = max(1, min(workers or os.cpu_count() or 1, os.cpu_count() or 1))
-    with folder_lock(out):
-        save_json(cfg.to_dict(), out / 'compare.json')
-        codes = run_all(plan_runs(cfg, out), cfg, workers, echo=echo)
-        table = report(cfg, out)
+    main = threading.current_thread() is threading.main_thread()
+    # `kill` (SIGTERM) stops the runs too, as Ctrl-C does: their processes end in `run_all`'s cleanup
+    old = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143)) if main else None
+    try:
+        with folder_lock(out):
+            save_json(cfg.to_dict(), out / 'compare.json')
+            codes = run_all(plan_runs(cfg, out), cfg, workers, echo=echo)
+            table = report(cfg, out)
+    finally:
+        if main: signal.signal(signal.SIGTERM, old)
     failed = [k for k, c in codes.items() if c != 0]
     if failed: echo(f"{len(failed)} runs failed: {', '.join(failed)} (see their log.txt)")
     return table

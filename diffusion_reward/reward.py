@@ -432,14 +432,15 @@ def reference_style_chain(model:VideoDiffusion, cond:Tensor, # (B, k, g, g) cond
 
 def reference_style_token_rewards(model:VideoDiffusion, episodes:list, # (T_i, g, g) tokens per episode
                                   stride:int=10, seed:int=0) -> list: # (T_i - 1,) float32 arrays
-    "Reference-style entropy rewards of tokenised episodes: one episode per batch, float32."
-    prev, model.precision = model.precision, 'fp32'
+    "Reference-style entropy rewards of tokenised episodes: one call per episode (noise seeded each time), float32."
+    prev, model.precision, k, out = model.precision, 'fp32', model.cfg.num_cond_frames, []
     try:
-        g, k = torch.Generator(model.device).manual_seed(seed), model.cfg.num_cond_frames
-        return [reference_style_chain(model, e[torch.as_tensor(entropy_windows(len(e), k))], stride, g).cpu().numpy()
-                for e in (model.check_tokens(e if isinstance(e, Tensor) else np.asarray(e), 'tokens')
-                          for e in episodes)]
+        for e in episodes:
+            e = model.check_tokens(e if isinstance(e, Tensor) else np.asarray(e), 'tokens')
+            g = torch.Generator(model.device).manual_seed(seed)
+            out.append(reference_style_chain(model, e[torch.as_tensor(entropy_windows(len(e), k))], stride, g))
     finally: model.precision = prev
+    return [r.cpu().numpy() for r in out]
 
 @torch.no_grad()
 def reference_style_rewards(vq:VQModel, # the tokenizer's network (channels-first weights)

@@ -125,7 +125,7 @@ def test_reward_video_cli_writes_csv_and_plot(tmp_path):
     from diffusion_reward.test_utils import synthetic_episodes
     from diffusion_reward.explore import open_reward, reward_video
     model = str(SHIPPED) if SHIPPED.exists() else os.environ.get('DR_TINY_MODEL')
-    if not model or not Path(model).exists(): pytest.skip('no shipped MetaWorld model and no DR_TINY_MODEL to test with')
+    if not model or not Path(model).exists(): pytest.skip('no shipped MetaWorld model and no DR_TINY_MODEL to use')
     frames = np.repeat(np.repeat(synthetic_episodes(1, 9, seed=0)[0], 2, 1), 2, 2)   # 9 frames of 128x128
     (tmp_path/'clip').mkdir()
     for i, f in enumerate(frames): iio.imwrite(tmp_path/'clip'/f'{i}.png', f)
