@@ -97,7 +97,8 @@ def load_checkpoint(path:str|Path, map_location='cpu') -> dict:
     path = Path(path)
     if not path.is_file(): raise CheckpointError(path, 'checkpoint file does not exist')
     try: return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e: raise CheckpointError(path, f'cannot be read as a torch checkpoint ({type(e).__name__}: {e})') from None
+    except Exception as e:
+        raise CheckpointError(path, f'cannot be read as a torch checkpoint ({type(e).__name__}: {e})') from None
 
 # %% ../nbs/00_core.ipynb #aeae9387
 def rng_state(*gens:torch.Generator) -> dict:
@@ -214,7 +215,8 @@ class MetricLog:
         if self.writer: self.writer.close()
 
 # %% ../nbs/00_core.ipynb #ced953af
-def package_versions(names=('diffusion_reward', 'torch', 'numpy', 'gymnasium', 'metaworld', 'mujoco', 'gymnasium_robotics')) -> dict:
+def package_versions(names=('diffusion_reward', 'torch', 'numpy', 'gymnasium', 'metaworld', 'mujoco',
+                            'gymnasium_robotics')) -> dict:
     "Installed versions of the packages that shape data and models (None when absent)."
     out = {'python': sys.version.split()[0]}
     for n in names:

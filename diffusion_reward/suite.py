@@ -83,7 +83,8 @@ def dapg_policy_files(tasks, # Adroit task names
     files = {t: Path(folder)/f'{t}-v0.pickle' for t in tasks}
     for t, f in files.items():
         if not f.is_file():
-            raise DataError(f, f'missing: the DAPG {t} expert policy (policies/{t}-v0.pickle of github.com/aravindr93/hand_dapg)')
+            raise DataError(f, f'missing: the DAPG {t} expert policy '
+                               f'(policies/{t}-v0.pickle of github.com/aravindr93/hand_dapg)')
     return files
 
 # %% ../nbs/15_suite.ipynb #cc3bad9e
@@ -176,7 +177,8 @@ def suite_targets(rows:list[dict]) -> dict:
     wins = {r['task']: bool(_both(r, 'learned') > max(_both(r, b) for b in ('baseline_tokens', 'baseline_pixels'))
                             or _both(r, 'learned') >= 1.0) for r in rows}
     base = np.mean([max(_both(r, b) for b in ('baseline_tokens', 'baseline_pixels')) for r in rows])
-    return dict(random_seen_ge_0_95=all(rand(r) >= 0.95 for r in seen), random_unseen_ge_0_9=all(rand(r) >= 0.9 for r in unseen),
+    return dict(random_seen_ge_0_95=all(rand(r) >= 0.95 for r in seen),
+                random_unseen_ge_0_9=all(rand(r) >= 0.9 for r in unseen),
                 noisy_mean=float(np.mean([r['learned']['auroc_expert_vs_noisy'][0] for r in rows])),
                 mean_both_learned=float(np.mean([_both(r, 'learned') for r in rows])), mean_both_best_baseline=float(base),
                 tasks_beating_baseline=sum(wins.values()), tasks=len(rows),
@@ -186,7 +188,8 @@ def suite_targets(rows:list[dict]) -> dict:
 def suite_figure(rows:list[dict], title:str=''):
     "AUROC (mean of vs-random and vs-noisy) per task and reward, seen and unseen tasks apart; bars are the seed spread."
     import matplotlib.pyplot as plt
-    groups = [(lbl, [r for r in rows if r['seen'] == s]) for lbl, s in (('training tasks', True), ('unseen tasks (zero-shot)', False))]
+    groups = [(lbl, [r for r in rows if r['seen'] == s])
+              for lbl, s in (('training tasks', True), ('unseen tasks (zero-shot)', False))]
     groups = [g for g in groups if g[1]]
     fig, axes = plt.subplots(1, len(groups), figsize=(1.0 + 0.75 * len(rows), 3.6), squeeze=False,
                              gridspec_kw=dict(width_ratios=[len(g[1]) for g in groups]), sharey=True)
@@ -224,7 +227,8 @@ def suite_markdown(rows:list[dict], targets:dict, header:list[str]) -> str:
     lines += ['', '### Targets', '',
               f"- expert vs random >= 0.95 on every training task: {'met' if t['random_seen_ge_0_95'] else 'NOT met'}",
               f"- expert vs random >= 0.9 on every unseen task: {'met' if t['random_unseen_ge_0_9'] else 'NOT met'}",
-              f"- expert vs noisy averaged over tasks >= 0.85: {t['noisy_mean']:.3f} ({'met' if t['noisy_mean'] >= 0.85 else 'NOT met'})",
+              f"- expert vs noisy averaged over tasks >= 0.85: {t['noisy_mean']:.3f} "
+              f"({'met' if t['noisy_mean'] >= 0.85 else 'NOT met'})",
               f"- mean of both AUROCs, learned vs better baseline: {t['mean_both_learned']:.3f} vs "
               f"{t['mean_both_best_baseline']:.3f}",
               f"- tasks where the learned reward beats the better baseline: {t['tasks_beating_baseline']} of {t['tasks']}"
@@ -280,13 +284,15 @@ def summarize_suite(cfg:SuiteConfig, root:str|Path) -> dict:
     if not seeds: raise DataError(root, 'no finished seed (seed<N>/eval.json) to summarise')
     rows = suite_table([load_json(root/f'seed{s}'/'eval.json') for s in seeds], tuple(cfg.unseen_tasks))
     targets = suite_targets(rows)
-    secs = {s: {k: v.get('seconds', 0) for k, v in ((p.stem, load_json(p)) for p in sorted((root/f'seed{s}'/'stages').glob('*.json')))}
+    stage_files = lambda s: sorted((root/f'seed{s}'/'stages').glob('*.json'))
+    secs = {s: {k: v.get('seconds', 0) for k, v in ((p.stem, load_json(p)) for p in stage_files(s))}
             for s in seeds}
     collect_s = load_json(root/'stages'/'collect.json').get('seconds', 0)
     header = [f'# Diffusion Reward domain suite: {cfg.domain}', '',
               f"Seeds {', '.join(map(str, seeds))} (training; episodes from data seed {cfg.data_seed}), commit {_commit()}, "
               f"{platform.machine()} with {os.cpu_count()} cores, torch {torch.__version__}, "
-              f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}. Mean ± std over seeds.", '',
+              f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}. "
+              "Mean ± std over seeds.", '',
               f"Time: collection {collect_s:.0f} s once; per seed " +
               '; '.join(f"seed {s}: " + ', '.join(f'{k} {v:.0f} s' for k, v in d.items()) for s, d in secs.items()) + '.']
     text = suite_markdown(rows, targets, header)

@@ -19,7 +19,8 @@ def synthetic_episodes(n:int=4, length:int=16, size:int=64, seed:int=0) -> list[
     bg = np.stack([xx * 1.5 + 40, yy * 1.5 + 60, np.full_like(xx, 120.0)], -1)
     eps = []
     for _ in range(n):
-        shapes = [(rng.integers(2), rng.uniform(8, 18), rng.uniform(0, size, 2), rng.uniform(-2, 2, 2), palette[rng.integers(len(palette))])
+        shapes = [(rng.integers(2), rng.uniform(8, 18), rng.uniform(0, size, 2), rng.uniform(-2, 2, 2),
+                   palette[rng.integers(len(palette))])
                   for _ in range(3)]
         frames = np.empty((length, size, size, 3), np.uint8)
         for t in range(length):
@@ -33,7 +34,8 @@ def synthetic_episodes(n:int=4, length:int=16, size:int=64, seed:int=0) -> list[
     return eps
 
 # %% ../nbs/97_test_utils.ipynb #886fd0a4
-def toy_token_videos(n_episodes:int=8, length:int=20, grid:int=8, num_codes:int=16, block:int=2, seed:int=0) -> list[np.ndarray]:
+def toy_token_videos(n_episodes:int=8, length:int=20, grid:int=8, num_codes:int=16, block:int=2,
+                     seed:int=0) -> list[np.ndarray]:
     "Synthetic (length, grid, grid) token videos: random static background, a moving block of code num_codes-1."
     rng, out = np.random.default_rng(seed), []
     hi = grid - block
@@ -64,11 +66,15 @@ class FakeReachEnv(gym.Env):
             f[int(y) - 3:int(y) + 3, int(x) - 3:int(x) + 3] = c
         return f
 
+    def state(self) -> np.ndarray: # (4,) float32: position and goal, scaled to [0, 1]
+        "The low-dimensional state a state agent sees (`info['state']`, as the real environments report it)."
+        return np.r_[self.pos, self.goal].astype(np.float32) / self.size
+
     def reset(self, seed=None, options=None):
         super().reset(seed=seed)
         self.pos, self.goal = self.np_random.uniform(8, self.size - 8, (2, 2))
         self.t = 0
-        return self.render(), dict(success=False)
+        return self.render(), dict(success=False, state=self.state())
 
     def step(self, action):
         succ = 0
@@ -76,4 +82,4 @@ class FakeReachEnv(gym.Env):
             self.pos = np.clip(self.pos + 2.0 * np.clip(action, -1, 1), 4, self.size - 4)
             succ += int(np.linalg.norm(self.pos - self.goal) < 6)
         self.t += 1
-        return self.render(), float(succ), False, self.t >= self.episode_steps, dict(success=succ > 0)
+        return self.render(), float(succ), False, self.t >= self.episode_steps, dict(success=succ > 0, state=self.state())

@@ -22,8 +22,8 @@ from .video_model import VideoModelConfig, VideoDiffusion, TokenWindows
 
 # %% auto #0
 __all__ = ['TimestepSampler', 'evaluate_video_model', 'VideoTrainConfig', 'EMA', 'param_groups', 'TrainState', 'train_step',
-           'save_run', 'holdout_split', 'train_video_model', 'tokenize_episodes', 'train_video_from_episodes',
-           'dr_train_video', 'bench_video_model']
+           'save_run', 'holdout_split', 'train_video_model', 'tokenize_episodes', 'split_paths',
+           'train_video_from_episodes', 'dr_train_video', 'bench_video_model']
 
 # %% ../nbs/05b_video_train.ipynb #5558dca8
 class TimestepSampler:
@@ -347,8 +347,8 @@ def tokenize_episodes(paths:list, # episode files / folders (anything `data.load
     return out, info
 
 # %% ../nbs/05b_video_train.ipynb #4188f44b
-def _split_data(data:str, heldout:str|None, task, policy, val_fraction:float, seed:int) -> tuple[list, list]:
-    "(train, held-out) episode paths: --heldout, else split=train/test metadata, else a per-folder random split."
+def split_paths(data:str, heldout:str|None, task, policy, val_fraction:float, seed:int) -> tuple[list, list]:
+    "(train, held-out) episode paths: `heldout`, else split=train/test metadata, else a per-folder random split."
     everything = episode_paths(data, task, policy, allow_empty=True)
     if not everything: raise DataError(data, f'no episodes found (task={task}, policy={policy})')
     if heldout: return everything, episode_paths(heldout, task, policy, allow_empty=True)
@@ -375,7 +375,7 @@ def train_video_from_episodes(data:str, # episode folders or files, comma-separa
     mcfg = VideoModelConfig.preset(preset, **over, **({'conditioning': conditioning} if conditioning else {}))
     tover = dict(steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every, ckpt_every=ckpt_every)
     cfg = VideoTrainConfig.preset(preset, **{n: v for n, v in tover.items() if v is not None})
-    train_p, held_p = _split_data(data, heldout, task, policy, cfg.val_fraction, seed)
+    train_p, held_p = split_paths(data, heldout, task, policy, cfg.val_fraction, seed)
     if not held_p: raise DataError(data, 'no held-out episodes: pass heldout= or at least two episodes per folder')
     cache = Path(cache_dir) if cache_dir else Path(out)/'token_cache'
     info = setup_distributed(device)

@@ -18,12 +18,12 @@ from .core import (Config, CheckpointError, seed_everything, get_device, save_js
                                    file_sha256, rng_state, set_rng_state)
 from .reward import stats_entry, update_stats_file, lookup_stats, check_frames
 from .video_model import likelihood_windows, TokenWindows, SelfAttention
-from .video_train import tokenize_episodes, param_groups, holdout_split
+from .video_train import tokenize_episodes, param_groups, holdout_split, split_paths
 
 # %% auto #0
 __all__ = ['CKPT_KIND', 'TRAIN_KIND', 'VIPER_STATS_FILE', 'STATS_KEY', 'ViperConfig', 'Block', 'ViperTransformer', 'check_tokens',
            'target_logits', 'log_likelihood', 'viper_loss', 'viper_log_likelihoods', 'evaluate_viper', 'train_viper',
-           'load_viper', 'viper_stats', 'ViperReward', 'split_paths', 'dr_train_viper', 'bench_viper']
+           'load_viper', 'viper_stats', 'ViperReward', 'dr_train_viper', 'bench_viper']
 
 # %% ../nbs/14_viper.ipynb #327c7115
 @dataclass
@@ -391,15 +391,6 @@ class ViperReward:
                 raise ValueError('standardised VIPER rewards need the task name (task=...), or pass standardize=False')
             stats = lookup_stats(stats_path or path.parent / VIPER_STATS_FILE, file_sha256(path), STATS_KEY, task)
         return cls(Tokenizer.from_checkpoint(tok_path, device=dev), model, stats, batch_size, resize)
-
-# %% ../nbs/14_viper.ipynb #4bf7bfaa
-def split_paths(data:str, heldout:str|None, task, policy, val_fraction:float, seed:int) -> tuple[list, list]:
-    "(train, held-out) episode paths: `heldout`, else split=train/test metadata, else a per-folder random split."
-    from diffusion_reward.data import episode_paths, split_episodes
-    everything = episode_paths(data, task, policy)
-    if heldout: return everything, episode_paths(heldout, task, policy, allow_empty=True)
-    train, test = (episode_paths(data, task, policy, s, allow_empty=True) for s in ('train', 'test'))
-    return (train, test) if train and test else split_episodes(everything, val_fraction, seed)
 
 # %% ../nbs/14_viper.ipynb #97935c48
 @call_parse

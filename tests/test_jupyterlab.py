@@ -1,5 +1,6 @@
-"""The widgets in a real JupyterLab 4: a server on 127.0.0.1 (free port, token) opens a temporary copy of the widget
-notebook in headless Chromium, runs every cell, moves the `EpisodeViewer` slider by keyboard and by mouse, switches the
+"""The widgets in a real JupyterLab 4: a server on 127.0.0.1 (free port, token) opens a temporary copy of a widget
+notebook (`11_viz`; with --runslow also the landscape tutorial on the shipped model) in headless Chromium, runs every
+cell, moves the `EpisodeViewer` slider by keyboard and by mouse, switches the
 `DiscriminationView` task, and checks that both the page and the kernel changed. Screenshots go to a temporary folder
 (and to $DR_SCREENSHOTS when set); the server is always shut down."""
 import importlib.util, json, os, secrets, shutil, signal, socket, subprocess, sys, time, urllib.request
@@ -8,7 +9,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = Path(os.environ.get('DR_JLAB_NOTEBOOK', ROOT/'nbs'/'11_viz.ipynb'))  # the notebook whose widgets are driven
-RUN_ALL_TIMEOUT = 150  # seconds for the notebook's cells (imports torch; 2 shared cores)
+TUTORIAL = ROOT/'nbs'/'80_tutorial_landscape.ipynb'
+RUN_ALL_TIMEOUT = {NOTEBOOK.name: 150, TUTORIAL.name: 600}  # seconds for the notebook's cells (2 shared cores)
 STATE_MARK = 'DR_WIDGET_STATE '
 
 # Cells appended to the temporary copy: the kernel reports its widgets' values, found by class name so that both a
@@ -41,16 +43,17 @@ def _settings(d:Path):
         f.write_text(json.dumps(values))
 
 @pytest.fixture
-def lab(tmp_path):
-    "A JupyterLab server on 127.0.0.1 serving a copy of NOTEBOOK (+ STATE_CELLS); yields (url, token, notebook name)."
+def lab(tmp_path, request):
+    "A JupyterLab server on 127.0.0.1 serving a copy of a notebook (+ STATE_CELLS); yields (url, token, name, notebook)."
+    notebook = getattr(request, 'param', NOTEBOOK)
     if importlib.util.find_spec('jupyterlab') is None:
         pytest.skip('jupyterlab is not installed (`bash .ci/setup.sh --dev`)')
     import jupyterlab
     if int(jupyterlab.__version__.split('.')[0]) < 4: pytest.skip(f'needs JupyterLab 4, found {jupyterlab.__version__}')
-    if not NOTEBOOK.exists(): pytest.skip(f'{NOTEBOOK} not found')
-    nb = json.loads(NOTEBOOK.read_text())
+    if not notebook.exists(): pytest.skip(f'{notebook} not found')
+    nb = json.loads(notebook.read_text())
     # the copy lives in tmp_path, but its kernel works in the notebook's own folder, as when opened from there
-    nb['cells'].insert(0, _cell('code', f'import os as _dr_os; _dr_os.chdir({str(NOTEBOOK.parent)!r})'))
+    nb['cells'].insert(0, _cell('code', f'import os as _dr_os; _dr_os.chdir({str(notebook.parent)!r})'))
     # nbdev's export cell would regenerate the library from the checkout's notebooks: not a widget's business
     nb['cells'] = [c for c in nb['cells'] if 'nbdev_export(' not in ''.join(c['source'])]
     nb['cells'] += [_cell('code', s) for s in STATE_CELLS]
@@ -78,7 +81,7 @@ def lab(tmp_path):
                 with urllib.request.urlopen(f'{url}/api/status?token={token}', timeout=2): break
             except OSError: time.sleep(0.5)
         else: pytest.fail(f'jupyter lab did not answer within 60 s:\n{(tmp_path/"server.log").read_text()[-3000:]}')
-        yield url, token, name
+        yield url, token, name, notebook
     finally:  # always: SIGTERM shuts kernels down; whatever is left of the process group is killed
         try: os.killpg(server.pid, signal.SIGTERM)
         except ProcessLookupError: pass
@@ -116,7 +119,18 @@ def _look(box) -> dict:
         .join('|')})''')
 
 def test_widgets_in_jupyterlab(lab, browser, tmp_path):
-    url, token, name = lab
+    "The widget notebook: its viewers on synthetic episodes (seconds)."
+    drive_widgets(lab, browser, tmp_path)
+
+@pytest.mark.slow
+@pytest.mark.parametrize('lab', [TUTORIAL], indirect=True, ids=['landscape_tutorial'])
+def test_landscape_tutorial_in_jupyterlab(lab, browser, tmp_path):
+    "The landscape tutorial top to bottom on the shipped model (minutes on 2 cores: it renders and scores a grid)."
+    drive_widgets(lab, browser, tmp_path)
+
+def drive_widgets(lab, browser, tmp_path):
+    "Run all cells, step and drag the EpisodeViewer slider, switch the DiscriminationView task; page and kernel change."
+    url, token, name, notebook = lab
     shots = [tmp_path/'shots'] + ([Path(os.environ['DR_SCREENSHOTS'])] if os.environ.get('DR_SCREENSHOTS') else [])
     for d in shots: d.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={'width': 1400, 'height': 1000})
@@ -134,13 +148,13 @@ def test_widgets_in_jupyterlab(lab, browser, tmp_path):
     page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
     page.wait_for_function(f'''() => {{ const cells = {NB}.content.widgets.filter(c => c.model.type === 'code');
         return cells.every(c => c.model.executionCount) && {NB}.sessionContext.session.kernel.status === 'idle'; }}''',
-                           timeout=RUN_ALL_TIMEOUT * 1000)
+                           timeout=RUN_ALL_TIMEOUT.get(notebook.name, 150) * 1000)
     failed = page.evaluate(f'''() => {NB}.content.widgets.flatMap(c => c.model.type === 'code' ?
         c.model.outputs.toJSON().filter(o => o.output_type === 'error').map(o => o.ename + ': ' + o.evalue) : [])''')
     assert not failed, f'cells failed in JupyterLab: {failed}'
 
     slider, box = _viewer(page)
-    assert slider.count(), f'{NOTEBOOK.name} displays no EpisodeViewer (no slider labelled "frame")'
+    assert slider.count(), f'{notebook.name} displays no EpisodeViewer (no slider labelled "frame")'
     slider.scroll_into_view_if_needed()
     shot('1_ran')
     readout = slider.locator('.widget-readout')

@@ -2,7 +2,7 @@
 `viper_std`, and `dr_train_rl` with `diffusion`, `viper` and `viper_std` on tiny checkpoints of reach-v3 and Adroit
 door, through the console script too. The model, its windows, training and exact resume are checked in
 nbs/14_viper."""
-import json, os, shutil, subprocess, sys
+import json, os, shutil, subprocess
 from pathlib import Path
 import numpy as np
 import pytest
@@ -140,8 +140,8 @@ def test_dr_train_rl_console_script_finds_viper(tiny_models, tmp_path):
     "A fresh process: `rl_rewards.REWARDS` names `diffusion_reward.rl_rewards:viper_reward`, which imports VIPER on first use."
     out = tmp_path / 'viper'
     exe = shutil.which('dr_train_rl')
-    cmd = [exe] if exe else [sys.executable, '-c', 'from diffusion_reward.train_rl import dr_train_rl; dr_train_rl()']
-    r = subprocess.run(cmd + [TASK, '--reward', 'viper', '--frames', '1', '--preset', 'tiny', '--eval_episodes', '1',
+    assert exe, 'the dr_train_rl console script is not installed (pip install -e .)'
+    r = subprocess.run([exe, TASK, '--reward', 'viper', '--frames', '1', '--preset', 'tiny', '--eval_episodes', '1',
                               '--out', str(out), '--reward_checkpoint', str(tiny_models['viper']), '--device', 'cpu'],
                        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert r.returncode == 0, r.stderr[-3000:]
