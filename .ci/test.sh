@@ -16,4 +16,7 @@ if [ "$before" != "$after" ]; then
 fi
 python3 .ci/notebooks.py check
 python3 .ci/readme.py --check
-python3 -m pytest -q -p no:cacheprovider --durations=25 "$@" tests
+# two workers where pytest-xdist is installed (`--dev` installs it): most tests are single-threaded or wait on a
+# subprocess or a browser; conftest.py gives each worker one torch thread
+workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n ${DR_TEST_WORKERS:-2} --dist loadgroup" || true)
+python3 -m pytest -q -p no:cacheprovider --durations=25 $workers "$@" tests

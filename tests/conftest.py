@@ -2,7 +2,9 @@ import os
 os.environ.setdefault('MUJOCO_GL', 'egl')
 os.environ.setdefault('PYOPENGL_PLATFORM', os.environ['MUJOCO_GL'])
 os.environ.setdefault('DR_NO_PROGRESS', '1')
-import os, shutil
+if os.environ.get('PYTEST_XDIST_WORKER'):  # one thread per worker (and its subprocesses): OpenMP threads of two
+    os.environ['OMP_NUM_THREADS'] = '1'     # workers sharing the cores wait at barriers for descheduled peers
+import shutil
 import pytest
 from pathlib import Path
 
@@ -12,13 +14,23 @@ SHARED = ROOT.parent/'shared'
 def pytest_addoption(parser):
     parser.addoption('--runslow', action='store_true', help='also run tests and notebook cells marked slow')
 
+# module-scoped fixtures that train or build something: with pytest-xdist (`-n 2 --dist loadgroup`, as .ci/test.sh
+# runs) the tests using one of them run on one worker, so it is built once
+SHARED_FIXTURES = {'docs', 'site', 'tiny_run', 'expert_dir', 'tiny_roots', 'colab_venv', 'episodes_and_tokenizer',
+                   'tiny_models', 'tiny_door_models'}
+
 def pytest_configure(config):
     config.addinivalue_line('markers', 'slow: long test, run with --runslow')
     config.addinivalue_line('markers', 'gpu: needs a CUDA device')
+    config.addinivalue_line('markers', 'xdist_group(name): tests that pytest-xdist keeps on one worker')
+    if os.environ.get('PYTEST_XDIST_WORKER'):
+        import torch; torch.set_num_threads(1)
 
 def pytest_collection_modifyitems(config, items):
     import torch
     for item in items:
+        if SHARED_FIXTURES & set(getattr(item, 'fixturenames', ())):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
         if 'slow' in item.keywords and not config.getoption('--runslow'):
             item.add_marker(pytest.mark.skip(reason='slow: run with --runslow'))
         if 'gpu' in item.keywords and not torch.cuda.is_available():
