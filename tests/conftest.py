@@ -26,6 +26,7 @@ def pytest_configure(config):
     if os.environ.get('PYTEST_XDIST_WORKER'):
         import torch; torch.set_num_threads(1)
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's hook, which reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     import torch
     for item in items:
