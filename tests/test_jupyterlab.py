@@ -1,6 +1,6 @@
 """The widgets in a real JupyterLab 4: a server on 127.0.0.1 (free port, token) opens a temporary copy of a widget
-notebook (`11_viz`; with --runslow also the landscape tutorial on the shipped model) in headless Chromium, runs every
-cell, moves the `EpisodeViewer` slider by keyboard and by mouse, switches the
+notebook (`11_viz`, then the landscape tutorial on the shipped model) in headless Chromium, runs every cell that
+`nbdev_test` runs, moves the `EpisodeViewer` slider by keyboard and by mouse, switches the
 `DiscriminationView` task, and checks that both the page and the kernel changed. Screenshots go to a temporary folder
 (and to $DR_SCREENSHOTS when set); the server is always shut down."""
 import importlib.util, json, os, secrets, shutil, signal, socket, subprocess, sys, time, urllib.request
@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = Path(os.environ.get('DR_JLAB_NOTEBOOK', ROOT/'nbs'/'11_viz.ipynb'))  # the notebook whose widgets are driven
 TUTORIAL = ROOT/'nbs'/'80_tutorial_landscape.ipynb'
-RUN_ALL_TIMEOUT = {NOTEBOOK.name: 150, TUTORIAL.name: 600}  # seconds for the notebook's cells (2 shared cores)
+RUN_ALL_TIMEOUT = {NOTEBOOK.name: 150, TUTORIAL.name: 400}  # seconds for the notebook's cells (2 shared cores)
 STATE_MARK = 'DR_WIDGET_STATE '
 
 # Cells appended to the temporary copy: the kernel reports its widgets' values, found by class name so that both a
@@ -34,6 +34,13 @@ def _cell(kind, src):
     if kind == 'code': c.update(execution_count=None, outputs=[])
     return c
 
+def _skipped(cell) -> bool:
+    "True for a code cell that `nbdev_test` skips by default: a `slow` or `gpu` flag, or `eval: false`."
+    if cell['cell_type'] != 'code': return False
+    lines = ''.join(cell['source']).splitlines()
+    directives = ' '.join(l[3:] for l in lines if l.startswith('#|')).replace(':', ' ').split()
+    return bool({'slow', 'gpu'} & set(directives)) or 'eval: false' in ''.join(cell['source'])
+
 def _settings(d:Path):
     "JupyterLab user settings for a quiet, fully rendered notebook: no news or update checks, no virtual scrolling."
     for plugin, values in {
@@ -54,8 +61,9 @@ def lab(tmp_path, request):
     nb = json.loads(notebook.read_text())
     # the copy lives in tmp_path, but its kernel works in the notebook's own folder, as when opened from there
     nb['cells'].insert(0, _cell('code', f'import os as _dr_os; _dr_os.chdir({str(notebook.parent)!r})'))
-    # nbdev's export cell would regenerate the library from the checkout's notebooks: not a widget's business
-    nb['cells'] = [c for c in nb['cells'] if 'nbdev_export(' not in ''.join(c['source'])]
+    # nbdev's export cell would regenerate the library from the checkout's notebooks: not a widget's business; cells
+    # that nbdev's own test run skips (`#| slow`, `#| gpu`, `#| eval: false`) are skipped here too
+    nb['cells'] = [c for c in nb['cells'] if 'nbdev_export(' not in ''.join(c['source']) and not _skipped(c)]
     nb['cells'] += [_cell('code', s) for s in STATE_CELLS]
     name = 'widgets_under_test.ipynb'
     (tmp_path/'root').mkdir()
@@ -122,10 +130,9 @@ def test_widgets_in_jupyterlab(lab, browser, tmp_path):
     "The widget notebook: its viewers on synthetic episodes (seconds)."
     drive_widgets(lab, browser, tmp_path)
 
-@pytest.mark.slow
 @pytest.mark.parametrize('lab', [TUTORIAL], indirect=True, ids=['landscape_tutorial'])
 def test_landscape_tutorial_in_jupyterlab(lab, browser, tmp_path):
-    "The landscape tutorial top to bottom on the shipped model (minutes on 2 cores: it renders and scores a grid)."
+    "The landscape tutorial top to bottom on the shipped model, as `nbdev_test` runs it (its slow cell skipped)."
     drive_widgets(lab, browser, tmp_path)
 
 def drive_widgets(lab, browser, tmp_path):
@@ -146,9 +153,17 @@ def drive_widgets(lab, browser, tmp_path):
         && {NB}.sessionContext.session.kernel && {NB}.sessionContext.session.kernel.status === 'idle' ''',
                            timeout=60_000)
     page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
-    page.wait_for_function(f'''() => {{ const cells = {NB}.content.widgets.filter(c => c.model.type === 'code');
-        return cells.every(c => c.model.executionCount) && {NB}.sessionContext.session.kernel.status === 'idle'; }}''',
-                           timeout=RUN_ALL_TIMEOUT.get(notebook.name, 150) * 1000)
+    try:
+        page.wait_for_function(f'''() => {{ const cells = {NB}.content.widgets.filter(c => c.model.type === 'code');
+            const idle = {NB}.sessionContext.session.kernel.status === 'idle';  // run-all stops at a failed cell
+            return idle && (cells.every(c => c.model.executionCount)
+                || cells.some(c => c.model.outputs.toJSON().some(o => o.output_type === 'error'))); }}''',
+                               timeout=RUN_ALL_TIMEOUT.get(notebook.name, 150) * 1000)
+    except Exception:  # say which cells ran and what the kernel is doing, with the page as it stands
+        shot('timeout')
+        ran = page.evaluate(f'''() => [{NB}.sessionContext.session.kernel.status, {NB}.content.widgets
+            .filter(c => c.model.type === 'code').map(c => [c.model.executionCount, c.model.sharedModel.source.slice(0, 40)])]''')
+        pytest.fail(f'{notebook.name}: not all cells ran within {RUN_ALL_TIMEOUT.get(notebook.name, 150)} s: {ran}')
     failed = page.evaluate(f'''() => {NB}.content.widgets.flatMap(c => c.model.type === 'code' ?
         c.model.outputs.toJSON().filter(o => o.output_type === 'error').map(o => o.ename + ': ' + o.evalue) : [])''')
     assert not failed, f'cells failed in JupyterLab: {failed}'
