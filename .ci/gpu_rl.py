@@ -1,6 +1,6 @@
 """GPU readiness of the pixel protocol (`diffusion_reward.compare_rl.gpu_readiness`, nbs/16_compare_rl): the pixel
-DrQ-v2 learner's updates/s in float32, bfloat16 autocast and compiled, beside the reference learner's 96.7 updates/s on
-one H100, then env frames/s of the whole pixel loop with the fastest variant and the small Diffusion Reward model on
+DrQ-v2 learner's updates/s in float32, bfloat16 autocast and compiled, beside a reference-style update timed in the same
+run, then env frames/s of the whole pixel loop with the fastest variant and the small Diffusion Reward model on
 the same device. Run it through .ci/gpu_rl.sh."""
 from fastcore.script import call_parse
 from diffusion_reward.core import save_json

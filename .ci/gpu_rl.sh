@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU readiness of the pixel protocol (nbs/16_compare_rl, `gpu_readiness`): the pixel DrQ-v2 learner's updates/s in
-# float32, bfloat16 autocast and compiled, beside the reference learner's 96.7 updates/s on one H100, then env frames/s
+# float32, bfloat16 autocast and compiled, beside a reference-style update timed in the same run, then env frames/s
 # of the whole pixel loop with the fastest variant and the small Diffusion Reward model on the same GPU.
 # Targets on one H100-class GPU: >= 200 updates/s, >= 600 env frames/s.
 #   .ci/gpu_rl.sh                                  # full scale on cuda (a few minutes)

@@ -15,15 +15,15 @@ from fastcore.script import call_parse, store_true
 import diffusion_reward
 from .core import (Config, CheckpointError, MetricLog, seed_everything, get_device, save_checkpoint,
                                    load_checkpoint, save_json, progress, package_versions, rng_state, set_rng_state)
-from .drqv2 import DrQV2Config, DrQV2Agent, ReplayBuffer, linear_std
+from .drqv2 import DrQV2Config, DrQV2Agent, ReplayBuffer, linear_std, bench_drqv2
 from .rl_rewards import RewardContext, make_reward
 
 # %% auto #0
-__all__ = ['RESUMABLE_CHANGES', 'TRAIN_COLUMNS', 'EVAL_COLUMNS', 'REFERENCE_LOOP_FPS', 'DIFFUSION_ESTIMATORS', 'STATE_TARGET_FPS',
-           'TrainRLConfig', 'episode_seed', 'default_env_fn', 'observation', 'resident_mb', 'read_csv', 'RunLogger',
-           'evaluate', 'save_video', 'RunCounters', 'check_resume', 'ReplayJournal', 'save_run', 'restore_run',
-           'run_folder', 'folder_lock', 'make_agent', 'make_replay', 'update_learner', 'evaluate_and_log',
-           'mean_metrics', 'ModelRecorder', 'record_parts', 'reward_parts', 'episode_row', 'train_rl', 'run_summary',
+__all__ = ['RESUMABLE_CHANGES', 'TRAIN_COLUMNS', 'EVAL_COLUMNS', 'DIFFUSION_ESTIMATORS', 'STATE_TARGET_FPS', 'TrainRLConfig',
+           'episode_seed', 'default_env_fn', 'observation', 'resident_mb', 'read_csv', 'RunLogger', 'evaluate',
+           'save_video', 'RunCounters', 'check_resume', 'ReplayJournal', 'save_run', 'restore_run', 'run_folder',
+           'folder_lock', 'make_agent', 'make_replay', 'update_learner', 'evaluate_and_log', 'mean_metrics',
+           'ModelRecorder', 'record_parts', 'reward_parts', 'episode_row', 'train_rl', 'run_summary',
            'resolve_reward_checkpoint', 'dr_train_rl', 'bench_train_rl', 'standin_diffusion_reward',
            'bench_state_vs_pixels', 'plot_state_vs_pixels']
 
@@ -472,8 +472,6 @@ def dr_train_rl(task:str, # task name: 'reach-v3', 'door', ...
     print(f"summary: {Path(out) / 'summary.json'}")
 
 # %% ../nbs/09b_train_rl.ipynb #7de38615
-REFERENCE_LOOP_FPS = {'cpu': 7, 'cuda': 390}  # the reference learner's cap: 4 frames per update x its updates/s
-
 def bench_train_rl(task:str='reach-v3', # task for `envs.make_env`
                    reward:str='sparse', preset:str='paper', # reward and TrainRLConfig preset
                    episodes:int=2, # episodes timed with learning on (after one seed episode)
@@ -484,7 +482,7 @@ def bench_train_rl(task:str='reach-v3', # task for `envs.make_env`
                    reward_checkpoint:str|None=None, # reward-model checkpoint for a learned reward by name
                    warmup_episodes:int=0, # learning episodes before the timed ones (compilation, autotuning)
                    **overrides) -> dict: # more `TrainRLConfig` settings (amp, compile, ...)
-    "Env frames/s of the training loop with learning on (per wall and per CPU second), and of the environment alone."
+    "Env frames/s of the training loop with learning on, of the environment alone, and the reference learner's cap."
     env_fn = env_fn or default_env_fn
     agent = agent or ('state' if obs == 'state' and preset == 'paper' else TrainRLConfig.preset(preset).agent)
     cfg = TrainRLConfig.preset(preset, task=task, reward=reward, seed=seed, device=device, eval_episodes=0,
@@ -504,13 +502,15 @@ def bench_train_rl(task:str='reach-v3', # task for `envs.make_env`
     done_before, rows = rows[warmup_episodes]['charts/updates'], rows[1 + warmup_episodes:]  # row 0: the seed episode
     loop_fps, cpu_fps = (float(np.mean([r[k] for r in rows])) for k in ('charts/fps', 'charts/cpu_fps'))
     seconds = sum(r['train/episode_length'] / r['charts/fps'] for r in rows)
-    dev = get_device(device).type
-    cap = REFERENCE_LOOP_FPS.get(dev) if (preset, obs) == ('paper', 'pixels') else None
-    return dict(task=task, reward=reward, preset=preset, obs=obs, agent=agent, device=dev,
+    cap = None
+    if obs == 'pixels':  # the loop a reference-style learner allows, timed now: its updates/s x frames per update
+        a = DrQV2Config.preset(agent)
+        ref = bench_drqv2(agent, a.batch_size, updates=3, warmup=1, size=cfg.size, device=device, seed=seed, echo=None)
+        cap = ref['reference_style_updates_per_s'] * a.update_every_steps * ar
+    return dict(task=task, reward=reward, preset=preset, obs=obs, agent=agent, device=get_device(device).type,
                 env_only_frames_per_s=env_fps, loop_frames_per_s=loop_fps, loop_cpu_frames_per_s=cpu_fps,
-                updates_per_s=(s['updates'] - done_before) / seconds,
-                loop_vs_env=loop_fps / env_fps, reference_loop_cap=cap,
-                loop_vs_reference_cap=loop_fps / cap if cap else None)
+                updates_per_s=(s['updates'] - done_before) / seconds, loop_vs_env=loop_fps / env_fps,
+                reference_style_loop_cap=cap, loop_vs_reference_style_cap=loop_fps / cap if cap else None)
 
 # the estimator behind each Diffusion Reward name of `rl_rewards.REWARDS`
 DIFFUSION_ESTIMATORS = {'diffusion': 'entropy', 'diffusion_fast': 'one_pass', 'diffusion_likelihood': 'likelihood',
