@@ -15,7 +15,8 @@ from fastcore.basics import patch
 from .core import (Config, DataError, seed_everything, save_json, load_json, atomic_write,
                                    file_sha256, load_checkpoint, save_checkpoint)
 from .envs import METAWORLD_PAPER_TASKS, METAWORLD_UNSEEN_TASKS, ADROIT_TASKS, get_preset
-from .data import collect, episode_paths
+from .data import collect, episode_paths, load_episode
+from .tokenizer import Tokenizer
 from .reward import RewardConfig, DiffusionReward
 from .quickstart import Stages
 
@@ -23,7 +24,8 @@ from .quickstart import Stages
 __all__ = ['REWARD_NAMES', 'METRICS', 'DATA_FIELDS', 'SCORING_FIELDS', 'PRETRAINED_DIR', 'SuiteConfig', 'suite_plan',
            'dapg_policy_files', 'stage_collect', 'training_episodes', 'stage_tokenizer', 'stage_video', 'stage_stats',
            'stage_eval', 'suite_table', 'suite_targets', 'suite_figure', 'suite_markdown', 'run_suite',
-           'summarize_suite', 'suite', 'dr_suite', 'export_pretrained', 'pretrained_names']
+           'summarize_suite', 'suite', 'dr_suite', 'export_pretrained', 'pretrained_names', 'reconstruction_psnr',
+           'suite_tokenizer_psnr']
 
 # %% ../nbs/15_suite.ipynb #91f875c3
 @dataclass
@@ -385,3 +387,25 @@ def pretrained(cls:DiffusionReward, name:str='metaworld', # a shipped model: `pr
         raise ValueError(f'unknown pretrained reward model {name!r}; shipped: {pretrained_names()}')
     return cls.from_checkpoint(folder/'video_model.pt', task=task, standardize=task is not None, estimator=estimator,
                                device=device, **cfg_overrides)
+
+# %% ../nbs/15_suite.ipynb #12ac8af3
+def reconstruction_psnr(tok:Tokenizer, episodes:dict, # task -> list of uint8 frame arrays (T, H, W, 3)
+                        every:int=5) -> dict: # every `every`-th frame is scored
+    "Mean PSNR (dB) of decode(encode(frame)) against the frame, per task."
+    out = {}
+    for task, eps in episodes.items():
+        f = np.concatenate([e[::every] for e in eps]).astype(np.float32)
+        with torch.no_grad(): r = np.asarray(tok.reconstruct(f.astype(np.uint8)), dtype=np.float32)
+        out[task] = float(10 * np.log10(255.0 ** 2 / max(((r - f) ** 2).mean(), 1e-10)))
+    return out
+
+def suite_tokenizer_psnr(cfg:SuiteConfig, root:str|Path, episodes:int=4) -> dict: # task -> seed -> numbers
+    "Each finished seed's tokenizer PSNR on `episodes` held-out experts per task, beside its judged AUROCs."
+    root, out = Path(root), {}
+    for run in sorted(p for p in root.glob('seed*') if (p/'eval.json').exists()):
+        tok, ev = Tokenizer.from_checkpoint(run/'tokenizer'/'best.pt', device='cpu'), load_json(run/'eval.json')['tasks']
+        eps = {t: [load_episode(q).frames for q in episode_paths(root/'data'/t, split='test', policy='expert')[:episodes]]
+               for t in (*cfg.train_tasks, *cfg.unseen_tasks)}
+        for t, v in reconstruction_psnr(tok, eps).items():
+            out.setdefault(t, {})[int(run.name[4:])] = dict(psnr=v, **{m: ev[t]['learned'][m] for m in METRICS})
+    return out
