@@ -25,7 +25,7 @@ __all__ = ['SCORING_FIELDS', 'QuickstartConfig', 'collection_plan', 'Stages', 's
 @dataclass
 class QuickstartConfig(Config):
     "Sizes and step counts of the main job."
-    task:str = 'coffee-push-v3'     # any MetaWorld 3 task
+    task:str = 'door-close-v3'      # any MetaWorld 3 task; the default is one no trivial baseline solves
     train_episodes:int = 20         # expert episodes the models learn from
     test_episodes:int = 10          # held-out expert episodes, scored
     random_episodes:int = 10        # uniform-random episodes, scored
@@ -239,9 +239,9 @@ def quickstart(cfg:QuickstartConfig, out:str|Path) -> dict:
 
 # %% ../nbs/13_quickstart.ipynb #b47eddb5
 @call_parse
-def dr_quickstart(task:str='coffee-push-v3', # any MetaWorld 3 task
+def dr_quickstart(task:str=None, # any MetaWorld 3 task (default: the config's, door-close-v3)
                   out:str='runs/quickstart', # output folder (a rerun resumes it)
-                  preset:str='cpu', # cpu (the full main job, about 11 minutes on 2 cores) | tiny (a smoke test)
+                  preset:str='cpu', # cpu (the full main job) | tiny (a smoke test)
                   estimator:str=None, # judged reward: one_pass_likelihood | one_pass | entropy | likelihood
                   compare:str=None, # estimators scored beside it, comma-separated ('none': no others)
                   seed:int=0, # seed of every stage
@@ -250,7 +250,7 @@ def dr_quickstart(task:str='coffee-push-v3', # any MetaWorld 3 task
                  ):
     "Collect expert/random/noisy videos, train tokenizer and video model, standardise and judge the reward."
     if threads: torch.set_num_threads(threads)
-    over = dict(task=task, seed=seed) | (dict(estimator=estimator) if estimator else {})
+    over = dict(seed=seed) | (dict(task=task) if task else {}) | (dict(estimator=estimator) if estimator else {})
     if guard_minutes: over['guard_minutes'] = guard_minutes
     if compare: over['compare'] = () if compare == 'none' else tuple(e.strip() for e in compare.split(',') if e.strip())
     out = Path(out)
