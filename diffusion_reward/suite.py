@@ -234,7 +234,8 @@ def suite_markdown(rows:list[dict], targets:dict, header:list[str]) -> str:
               f"({'met' if t['noisy_mean'] >= 0.85 else 'NOT met'})",
               f"- mean of both AUROCs, learned vs better baseline: {t['mean_both_learned']:.3f} vs "
               f"{t['mean_both_best_baseline']:.3f}",
-              f"- tasks where the learned reward beats the better baseline: {t['tasks_beating_baseline']} of {t['tasks']}"
+              f"- tasks where the learned reward beats the better baseline (a tie at 1.000 counts): "
+              f"{t['tasks_beating_baseline']} of {t['tasks']}"
               + (f" (loses or ties on {', '.join(t['losing_tasks'])})" if t['losing_tasks'] else '')]
     return '\n'.join(lines) + '\n'
 
