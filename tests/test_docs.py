@@ -95,7 +95,7 @@ def test_pages_offline_in_chromium(docs, site, browser, tmp_path):
     problems, counted = [], {}
     tab = Visit(browser)
     for nb, info in sorted(report['pages'].items()):
-        seen = tab.open((out/info['page']).as_uri())
+        seen, before = tab.open((out/info['page']).as_uri()), len(problems)
         for kind, items in seen.items():
             problems += [f"{info['page']}: {kind}: {x}" for x in items]
         n = tab.page.evaluate('''() => ({
@@ -112,9 +112,10 @@ def test_pages_offline_in_chromium(docs, site, browser, tmp_path):
         if n['widgets'] < info['widget_views']:
             problems.append(f"{info['page']}: {info['widget_views']} widget views, {n['widgets']} rendered")
         if not n['title'].strip(): problems.append(f"{info['page']}: no title")
-        # whole pages only when asked for (a full-page shot costs seconds on 2 cores)
-        png = tab.page.screenshot(full_page=len(shots) > 1)
-        for d in shots: (d/f"{info['page'][:-5]}.png").write_bytes(png)
+        # a shot of a page with a problem, or of every whole page when asked for (shots cost seconds on 2 cores)
+        if len(shots) > 1 or len(problems) > before:
+            png = tab.page.screenshot(full_page=len(shots) > 1)
+            for d in shots: (d/f"{info['page'][:-5]}.png").write_bytes(png)
     tab.page.close()
     assert not problems, '\n'.join(problems[:40])
     assert counted, 'no page opened'

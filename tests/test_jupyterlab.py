@@ -3,9 +3,10 @@ notebook (`11_viz`, then the landscape tutorial on the shipped model) in headles
 `nbdev_test` runs, moves the `EpisodeViewer` slider by keyboard and by mouse, switches the
 `DiscriminationView` task, and checks that both the page and the kernel changed. Screenshots go to a temporary folder
 (and to $DR_SCREENSHOTS when set); the server is always shut down."""
-import importlib.util, json, os, secrets, shutil, signal, socket, subprocess, sys, time, urllib.request
+import json, os, secrets, shutil, signal, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
+from conftest import jupyterlab_missing
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = Path(os.environ.get('DR_JLAB_NOTEBOOK', ROOT/'nbs'/'11_viz.ipynb'))  # the notebook whose widgets are driven
@@ -54,10 +55,7 @@ def _settings(d:Path):
 def lab(tmp_path, request):
     "A JupyterLab server on 127.0.0.1 serving a copy of a notebook (+ STATE_CELLS); yields (url, token, name, notebook)."
     notebook = getattr(request, 'param', NOTEBOOK)
-    if importlib.util.find_spec('jupyterlab') is None:
-        pytest.skip('jupyterlab is not installed (`bash .ci/setup.sh --dev`)')
-    import jupyterlab
-    if int(jupyterlab.__version__.split('.')[0]) < 4: pytest.skip(f'needs JupyterLab 4, found {jupyterlab.__version__}')
+    if jupyterlab_missing(): pytest.skip(jupyterlab_missing())
     if not notebook.exists(): pytest.skip(f'{notebook} not found')
     nb = json.loads(notebook.read_text())
     # the copy lives in tmp_path, but its kernel works in the notebook's own folder, as when opened from there

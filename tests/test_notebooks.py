@@ -3,12 +3,15 @@ stored-output check of `.ci/notebooks.py` on throw-away notebooks."""
 import json, subprocess, sys
 import pytest, torch
 import nbdev.test as nbt
-from conftest import ROOT
+from conftest import ROOT, RUN_ELSEWHERE
 
 NOTEBOOKS = sorted(p for p in (ROOT/'nbs').glob('*.ipynb') if not p.name.startswith('_'))
 
 @pytest.mark.parametrize('nb', NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook(nb, request):
+    missing, where = RUN_ELSEWHERE.get(nb.stem, (lambda: 'runs here', ''))
+    if missing() is None and not request.config.getoption('--runslow'):
+        pytest.skip(f'{nb.name} runs top to bottom in {where}')
     skip = {'slow', 'gpu'}
     if request.config.getoption('--runslow'): skip.discard('slow')
     if torch.cuda.is_available(): skip.discard('gpu')
