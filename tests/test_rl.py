@@ -278,10 +278,10 @@ def test_gpu_readiness_script_tiny_on_cpu(tmp_path):
     script = Path(__file__).resolve().parents[1] / '.ci' / 'gpu_rl.sh'
     out = tmp_path / 'gpu.json'
     r = subprocess.run([str(script), '--device', 'cpu', '--preset', 'tiny', '--model_preset', 'tiny',
-                        '--task', 'reach-v3', '--episode_steps', '10', '--updates', '2', '--episodes', '1',
-                        '--out', str(out)],
+                        '--task', 'reach-v3', '--episode_steps', '10', '--updates', '1', '--episodes', '1',
+                        '--variants', 'fp32', '--out', str(out)],
                        capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert 'updates/s' in r.stdout and 'env frames/s (target 600)' in r.stdout
     res = json.loads(out.read_text())
-    assert set(res['learner_updates_per_s']) == {'fp32', 'bf16'} and res['loop_env_frames_per_s'] > 0
+    assert set(res['learner_updates_per_s']) == {'fp32'} and res['loop_env_frames_per_s'] > 0  # bf16: 16_compare_rl
