@@ -222,9 +222,9 @@ def test_gpu_loop_and_learner_speed(tmp_path):
 
 # --- state observations on the real environments (the loop itself: nbs/09b_train_rl)
 
-@pytest.mark.parametrize('task', ['reach-v3', 'door'])
-def test_state_agent_on_real_tasks(task, tmp_path):
-    "The agent sees the environment's state; RND still trains on the rendered frames, which the replay keeps."
+def test_state_agent_on_a_real_task(tmp_path, task='door'):
+    """The agent sees the environment's state; RND still trains on the rendered frames, which the replay keeps.
+    Adroit door here; MetaWorld state runs are `test_compare_rl_kill_and_resume`'s (its tiny preset: reach-v3, state)."""
     from diffusion_reward.envs import make_env
     env = make_env(task, seed=0)
     state_dim = len(env.reset(seed=0)[1]['state']); env.close()
