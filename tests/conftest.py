@@ -49,20 +49,26 @@ def chromium_path():
     for c in (os.environ.get('DR_CHROMIUM'), shutil.which('chromium'), shutil.which('chromium-browser'), '/usr/bin/chromium'):
         if c and Path(c).exists(): return c
 
+SHIPPED = ROOT/'diffusion_reward'/'pretrained'/'metaworld'/'video_model.pt'  # the shipped MetaWorld reward model
+
+def browser_missing():
+    "Why headless chromium through Playwright cannot run here (None when it can)."
+    if not chromium_path(): return 'no chromium: `apt-get install chromium` (or set DR_CHROMIUM); never `playwright install`'
+    if importlib.util.find_spec('playwright') is None:
+        return 'playwright (pip) drives chromium: `bash .ci/setup.sh --dev`'
+
 def jupyterlab_missing():
     "Why the JupyterLab tests cannot run here (None when they can): JupyterLab 4, Playwright and a chromium."
     if importlib.util.find_spec('jupyterlab') is None: return 'jupyterlab is not installed (`bash .ci/setup.sh --dev`)'
     import jupyterlab
     if int(jupyterlab.__version__.split('.')[0]) < 4: return f'needs JupyterLab 4, found {jupyterlab.__version__}'
-    if importlib.util.find_spec('playwright') is None:
-        return 'playwright (pip) drives chromium: `bash .ci/setup.sh --dev`'
-    if not chromium_path(): return 'no chromium: `apt-get install chromium` (or set DR_CHROMIUM); never `playwright install`'
+    return browser_missing()
 
 def colab_mode_missing():
     "Why the Colab-mode test cannot run here (None when it can): a venv with pip and a wheel builder, a shipped model."
     if importlib.util.find_spec('ensurepip') is None: return 'no venv with pip here (Debian: `apt-get install python3-venv`)'
     if importlib.util.find_spec('setuptools') is None: return 'setuptools is not installed: cannot build a wheel'
-    if not (ROOT/'diffusion_reward'/'pretrained'/'metaworld'/'video_model.pt').exists(): return 'no shipped model'
+    if not SHIPPED.exists(): return 'no shipped model'
 
 # notebooks another test runs top to bottom as a user meets them (the same cells, slow ones left out): where that
 # test can run here, `test_notebooks.py` does not run them a second time
@@ -72,9 +78,9 @@ RUN_ELSEWHERE = {'80_tutorial_landscape': (jupyterlab_missing, 'JupyterLab: test
 @pytest.fixture(scope='session')
 def browser():
     "Headless chromium through Playwright; skips with the install command when either is missing."
+    if why := browser_missing(): pytest.skip(why)
     exe = chromium_path()
-    if not exe: pytest.skip('no chromium: `apt-get install chromium` (or set DR_CHROMIUM); never `playwright install`')
-    sync_api = pytest.importorskip('playwright.sync_api', reason='playwright (pip) drives chromium: `bash .ci/setup.sh --dev`')
+    import playwright.sync_api as sync_api
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=exe, headless=True, args=['--no-sandbox'])
         try: yield b

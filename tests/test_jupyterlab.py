@@ -55,7 +55,7 @@ def _settings(d:Path):
 def lab(tmp_path, request):
     "A JupyterLab server on 127.0.0.1 serving a copy of a notebook (+ STATE_CELLS); yields (url, token, name, notebook)."
     notebook = getattr(request, 'param', NOTEBOOK)
-    if jupyterlab_missing(): pytest.skip(jupyterlab_missing())
+    if why := jupyterlab_missing(): pytest.skip(why)
     if not notebook.exists(): pytest.skip(f'{notebook} not found')
     nb = json.loads(notebook.read_text())
     # the copy lives in tmp_path, but its kernel works in the notebook's own folder, as when opened from there

@@ -9,11 +9,12 @@ NOTEBOOKS = sorted(p for p in (ROOT/'nbs').glob('*.ipynb') if not p.name.startsw
 
 @pytest.mark.parametrize('nb', NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook(nb, request):
-    missing, where = RUN_ELSEWHERE.get(nb.stem, (lambda: 'runs here', ''))
-    if missing() is None and not request.config.getoption('--runslow'):
-        pytest.skip(f'{nb.name} runs top to bottom in {where}')
+    runslow = request.config.getoption('--runslow')
+    if nb.stem in RUN_ELSEWHERE and not runslow:
+        missing, where = RUN_ELSEWHERE[nb.stem]
+        if missing() is None: pytest.skip(f'{nb.name} runs top to bottom in {where}')
     skip = {'slow', 'gpu'}
-    if request.config.getoption('--runslow'): skip.discard('slow')
+    if runslow: skip.discard('slow')
     if torch.cuda.is_available(): skip.discard('gpu')
     ok, secs = nbt.test_nb(nb, skip_flags=sorted(skip))
     assert ok, f'{nb.name} failed (see the traceback above)'

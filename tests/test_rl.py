@@ -222,10 +222,11 @@ def test_gpu_loop_and_learner_speed(tmp_path):
 
 # --- state observations on the real environments (the loop itself: nbs/09b_train_rl)
 
-def test_state_agent_on_a_real_task(tmp_path, task='door'):
+def test_state_agent_on_a_real_task(tmp_path):
     """The agent sees the environment's state; RND still trains on the rendered frames, which the replay keeps.
     Adroit door here; MetaWorld state runs are `test_compare_rl_kill_and_resume`'s (its tiny preset: reach-v3, state)."""
     from diffusion_reward.envs import make_env
+    task = 'door'
     env = make_env(task, seed=0)
     state_dim = len(env.reset(seed=0)[1]['state']); env.close()
     for name in ('sparse', 'rnd'):
@@ -248,7 +249,8 @@ def test_compare_rl_kill_and_resume(tmp_path):
     rerun to the end; every run resumes or finishes, and the CSV and the table hold every evaluation once."""
     import csv, signal, sys, time
     out = tmp_path / 'cmp'
-    cmd = [sys.executable, '-m', 'diffusion_reward.compare_rl', str(out), '--preset', 'tiny', '--seeds', '1', '--workers', '2']
+    cmd = [sys.executable, '-m', 'diffusion_reward.compare_rl', str(out), '--preset', 'tiny', '--seeds', '1',
+           '--workers', '2']
     env = dict(os.environ, DR_NO_PROGRESS='1', OMP_NUM_THREADS='1')
     p = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 600

@@ -4,12 +4,11 @@ the installs), and `dr_reward_video` from a terminal. Each tutorial's cells also
 import json, os, re, shutil, subprocess, sys, zipfile
 from pathlib import Path
 import pytest
-from conftest import ROOT, colab_mode_missing
+from conftest import ROOT, SHIPPED, colab_mode_missing
 
 TUTORIALS = sorted((ROOT/'nbs').glob('8?_tutorial_*.ipynb'))
 COLAB_TUTORIAL = ROOT/'nbs'/'81_tutorial_own_videos.ipynb'  # the quickest one that installs, renders and scores
 BUILD_FILES = ('setup.py', 'settings.ini', 'pyproject.toml', 'MANIFEST.in', 'README.md', 'LICENSE')
-SHIPPED = ROOT/'diffusion_reward'/'pretrained'/'metaworld'/'video_model.pt'
 
 def _code(nb) -> list: return [''.join(c['source']) for c in nb['cells'] if c['cell_type'] == 'code']
 
@@ -48,7 +47,7 @@ def _run(cmd, **kw):
 
 def _unable(why):
     "Skip where this machine lacks what Colab mode needs; fail where it has it (the 81 notebook test left it to us)."
-    if colab_mode_missing(): pytest.skip(f'{why} ({colab_mode_missing()})')
+    if missing := colab_mode_missing(): pytest.skip(f'{why} ({missing})')
     pytest.fail(why)
 
 @pytest.fixture(scope='module')
