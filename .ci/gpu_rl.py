@@ -14,12 +14,13 @@ def main(device:str='cuda', # device to measure
          preset:str='paper', # agent and run preset (tiny: a smoke test)
          model_preset:str='small', # stand-in reward model preset
          updates:int=200, # timed learner updates per variant
+         warmup:int=5, # untimed learner updates before them
          episodes:int=3, # timed loop episodes
          variants:str=None, # comma-separated learner variants (fp32, bf16, bf16+compile); default: all on a GPU
          episode_steps:int=None, # agent steps per episode; default: the task's
          out:str=None, # also write the figures to this JSON file
         ):
     "Print the pixel protocol's learner and loop speed on a device."
-    res = gpu_readiness(device, task, reward, reward_checkpoint, preset, model_preset, updates, episodes,
+    res = gpu_readiness(device, task, reward, reward_checkpoint, preset, model_preset, updates, warmup, episodes,
                         tuple(variants.split(',')) if variants else None, episode_steps)
     if out: save_json(res, out)

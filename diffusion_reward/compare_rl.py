@@ -261,6 +261,7 @@ def gpu_readiness(device:str='cuda', task:str='door-close-v3', reward:str='diffu
                   preset:str='paper', # DrQV2Config and TrainRLConfig preset
                   model_preset:str='small', # stand-in reward model preset
                   updates:int=200, # timed learner updates per variant
+                  warmup:int=5, # untimed learner updates before them (compilation, allocator)
                   episodes:int=3, # timed loop episodes (after a seed episode and a warm-up episode)
                   variants:tuple|None=None, # names in `LEARNER_VARIANTS`; None = all on a GPU, no compile on a CPU
                   episode_steps:int|None=None, # agent steps per episode; None = the task's
@@ -274,7 +275,7 @@ def gpu_readiness(device:str='cuda', task:str='door-close-v3', reward:str='diffu
     learner, ref = {}, None
     for name in variants:
         amp, comp = LEARNER_VARIANTS[name]
-        try: r = bench_drqv2(agent, 256, updates, warmup=5, device=device, amp=amp, compile=comp,
+        try: r = bench_drqv2(agent, 256, updates, warmup=warmup, device=device, amp=amp, compile=comp,
                              baseline=ref is None and not amp and not comp, echo=None)
         except Exception as e: echo(f'learner {name}: failed ({type(e).__name__}: {str(e)[:200]})'); continue
         learner[name], ref = r['updates_per_s'], ref or r.get('reference_style_updates_per_s')

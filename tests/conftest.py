@@ -4,7 +4,7 @@ os.environ.setdefault('PYOPENGL_PLATFORM', os.environ['MUJOCO_GL'])
 os.environ.setdefault('DR_NO_PROGRESS', '1')
 if os.environ.get('PYTEST_XDIST_WORKER'):  # one thread per worker (and its subprocesses): OpenMP threads of two
     os.environ['OMP_NUM_THREADS'] = '1'     # workers sharing the cores wait at barriers for descheduled peers
-import importlib.util, shutil
+import importlib.util, shutil, subprocess, sys, tempfile
 import pytest
 from pathlib import Path
 
@@ -36,6 +36,58 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason='slow: run with --runslow'))
         if 'gpu' in item.keywords and not torch.cuda.is_available():
             item.add_marker(pytest.mark.skip(reason='needs a CUDA device'))
+
+# --- commands as a user runs them, without paying for a fresh interpreter each time
+
+def _cli_child(argv:list, env:dict, cwd:str, out:str, err:str):
+    "In a child forked from the warm interpreter: run `python *argv` as a fresh interpreter would, output to two files."
+    import atexit, runpy, traceback
+    os.environ.clear(); os.environ.update(env); os.chdir(cwd)
+    for fd, path in ((1, out), (2, err)):
+        f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC); os.dup2(f, fd); os.close(f)
+    code = 0
+    try:
+        loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'diffusion_reward')
+        if loaded: raise RuntimeError(f'the warm interpreter has loaded {loaded}: the command would not start fresh')
+        if argv[0] == '-m': sys.argv = list(argv[1:]); runpy.run_module(argv[1], run_name='__main__', alter_sys=True)
+        else: sys.argv = list(argv); runpy.run_path(argv[0], run_name='__main__')
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (e.code is not None)
+        if isinstance(e.code, str): print(e.code, file=sys.stderr)
+    except BaseException: traceback.print_exc(); code = 1
+    atexit._run_exitfuncs()  # what interpreter shutdown would run: log writers closing, progress bars ending
+    sys.stdout.flush(); sys.stderr.flush()
+    os._exit(code)
+
+def _python_argv(cmd:list):
+    "The arguments after `python` that `cmd` amounts to (a console script, `python -m mod`, `python x.py`), else None."
+    if cmd[0] == sys.executable: return list(cmd[1:]) if cmd[1:2] != ['-c'] else None
+    exe = shutil.which(cmd[0])
+    if exe and Path(exe).parent == Path(sys.executable).parent:
+        with open(exe, 'rb') as f: first = f.readline()
+        if first.startswith(b'#!') and b'python' in first: return [exe, *cmd[1:]]
+
+_FORKSERVER = []
+
+def run_cli(cmd:list, env:dict=None, cwd=None, timeout:float=600) -> subprocess.CompletedProcess:
+    """`subprocess.run(cmd, capture_output=True, text=True, ...)` for the package's commands, each in a child forked from
+    one interpreter per test worker that imported torch and no module of the package (2-3 s of start-up saved a call);
+    anything else (shell scripts, `python -c`) runs as a plain subprocess."""
+    argv = _python_argv(list(map(str, cmd)))
+    if argv is None: return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+    if not _FORKSERVER:
+        import multiprocessing as mp
+        ctx = mp.get_context('forkserver'); ctx.set_forkserver_preload(['torch', 'conftest']); _FORKSERVER.append(ctx)
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = f'{tmp}/out', f'{tmp}/err'
+        p = _FORKSERVER[0].Process(target=_cli_child, args=(argv, dict(os.environ if env is None else env),
+                                                           str(cwd or os.getcwd()), out, err))
+        p.start(); p.join(timeout)
+        timed_out = p.is_alive()
+        if timed_out: p.kill(); p.join()
+        read = lambda f: Path(f).read_text(errors='replace') if Path(f).exists() else ''
+        if timed_out: raise subprocess.TimeoutExpired(cmd, timeout, read(out), read(err))
+        return subprocess.CompletedProcess(cmd, p.exitcode, read(out), read(err))
 
 @pytest.fixture(scope='session')
 def dapg_dir():

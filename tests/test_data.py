@@ -1,11 +1,12 @@
 "Integration tests of diffusion_reward.data: episode files, readers, windows, DAPG unpickler, collectors, dr_collect."
-import json, os, pickle, shutil, subprocess, sys
+import json, os, pickle, shutil, sys
 from pathlib import Path
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 import imageio.v3 as iio
+from conftest import run_cli
 from diffusion_reward.core import DataError
 from diffusion_reward.data import (Episode, save_episode, load_episode, find_episodes, load_episodes, split_episodes,
                                    WindowDataset, load_dapg_policy, DapgUnpickler, collect, collect_episode,
@@ -293,13 +294,12 @@ def test_collect_resumes_and_keeps_data(tmp_path):
     assert first[0].stat().st_mtime_ns == stamp[0]
 
 def _cli(*args, cwd):
-    return subprocess.run([sys.executable, '-m', 'diffusion_reward.data', *args],
-                          capture_output=True, text=True, cwd=cwd, env=dict(os.environ, DR_NO_PROGRESS='1'))
+    return run_cli([sys.executable, '-m', 'diffusion_reward.data', *args], cwd=cwd, env=dict(os.environ, DR_NO_PROGRESS='1'))
 
 def test_dr_collect_cli(tmp_path):
     exe = shutil.which('dr_collect')
     args = ['reach-v3', '--policy', 'random', '--episodes', '2', '--seed', '5', '--out', 'out', '--episode_steps', '3']
-    r = subprocess.run([exe, *args], capture_output=True, text=True, cwd=tmp_path) if exe else _cli(*args, cwd=tmp_path)
+    r = run_cli([exe, *args], cwd=tmp_path) if exe else _cli(*args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'dr_collect reach-v3 random: 2 episodes' in r.stdout and '2 collected, 0 already there' in r.stdout
     assert 'success rate' in r.stdout
@@ -316,7 +316,7 @@ def test_dr_collect_adroit_door_expert(dapg_dir, tmp_path):
     args = ['door', '--policy', 'expert', '--episodes', '1', '--seed', '0', '--out', 'out',
             '--expert_policy', str(dapg_dir/'door-v0.pickle')]
     env = dict(os.environ, DR_NO_PROGRESS='1', OMP_NUM_THREADS='1')
-    r = subprocess.run([exe, *args], capture_output=True, text=True, cwd=tmp_path, env=env) if exe else \
+    r = run_cli([exe, *args], cwd=tmp_path, env=env) if exe else \
         _cli(*args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'dr_collect door expert: 1 episodes' in r.stdout and 'success rate 1.00' in r.stdout, r.stdout

@@ -1,14 +1,15 @@
 """End to end on tiny configs: dr_quickstart (collect -> tokenizer -> video model -> stats -> eval), resume,
 reproducibility, dr_eval, dr_relabel."""
-import json, shutil, subprocess, sys
+import json, shutil, sys
 import numpy as np
 import pytest
 from pathlib import Path
+from conftest import run_cli
 
 TINY = ['dr_quickstart', '--preset', 'tiny', '--task', 'reach-v3', '--threads', '2']
 
 def run_tiny(out:Path, *extra) -> str:
-    r = subprocess.run(TINY + ['--out', str(out), *extra], capture_output=True, text=True, timeout=900)
+    r = run_cli(TINY + ['--out', str(out), *extra], timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r.stdout
 
@@ -61,21 +62,20 @@ def test_time_guard_cut_is_reported(tmp_path):
 def test_quickstart_rerun_skips_finished_stages(tiny_run):
     out, _ = tiny_run
     before = (out/'eval.json').stat().st_mtime_ns
-    r = subprocess.run(TINY + ['--out', str(out)], capture_output=True, text=True, timeout=300)
+    r = run_cli(TINY + ['--out', str(out)], timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count('done before, skipped') == 6
     assert (out/'eval.json').stat().st_mtime_ns == before
 
 def test_quickstart_refuses_another_config_in_same_folder(tiny_run):
     out, _ = tiny_run
-    r = subprocess.run(TINY + ['--out', str(out), '--seed', '1'], capture_output=True, text=True, timeout=300)
+    r = run_cli(TINY + ['--out', str(out), '--seed', '1'], timeout=300)
     assert r.returncode != 0 and 'another configuration' in r.stderr and 'seed' in r.stderr
 
 def test_quickstart_rescores_when_only_the_estimator_changes(tiny_run, tmp_path):
     out, _ = tiny_run
     copy = tmp_path/'run'; shutil.copytree(out, copy, ignore=shutil.ignore_patterns('tb'))
-    r = subprocess.run(TINY + ['--out', str(copy), '--estimator', 'one_pass', '--compare', 'none'],
-                       capture_output=True, text=True, timeout=300)
+    r = run_cli(TINY + ['--out', str(copy), '--estimator', 'one_pass', '--compare', 'none'], timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert 're-scoring the trained models' in r.stdout and r.stdout.count('done before, skipped') == 4
     ev = json.loads((copy/'eval.json').read_text())
@@ -110,25 +110,22 @@ def test_reward_from_checkpoint_standardises_and_checks_stats(tiny_run, tmp_path
 def test_dr_eval_and_dr_relabel_clis(tiny_run, tmp_path):
     out, _ = tiny_run
     ckpt = out/'video'/'video_model.pt'
-    r = subprocess.run(['dr_eval', str(ckpt), str(out/'data'), '--out', str(tmp_path/'ev'), '--raw',
-                        '--estimator', 'entropy', '--stride', '5', '--compare', 'one_pass_likelihood'],
-                       capture_output=True, text=True, timeout=600)
+    r = run_cli(['dr_eval', str(ckpt), str(out/'data'), '--out', str(tmp_path/'ev'), '--raw',
+                 '--estimator', 'entropy', '--stride', '5', '--compare', 'one_pass_likelihood'], timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     ev = json.loads((tmp_path/'ev'/'eval.json').read_text())
     assert ev['estimator']['estimator'] == 'entropy' and ev['standardized'] is False
     assert 'verdict' in ev['tasks']['reach-v3'] and ev['compare'] == ['one_pass_likelihood']
     assert 'reach-v3 [one_pass_likelihood]: AUROC expert/random' in r.stdout
-    r = subprocess.run(['dr_relabel', str(ckpt), str(out/'data'), str(tmp_path/'rew.npz'), '--task', 'reach-v3',
-                        '--estimator', 'one_pass_likelihood'],
-                       capture_output=True, text=True, timeout=600)
+    r = run_cli(['dr_relabel', str(ckpt), str(out/'data'), str(tmp_path/'rew.npz'), '--task', 'reach-v3',
+                 '--estimator', 'one_pass_likelihood'], timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     with np.load(tmp_path/'rew.npz') as z:
         assert len(z.files) == 9 and all(z[k].shape == (8,) for k in z.files)   # 9 tiny episodes of 8 steps
-    r = subprocess.run(['dr_eval', str(ckpt), str(tmp_path/'nowhere')], capture_output=True, text=True, timeout=120)
+    r = run_cli(['dr_eval', str(ckpt), str(tmp_path/'nowhere')], timeout=120)
     assert r.returncode != 0 and 'nowhere' in r.stderr
 
 def test_unknown_task_fails_before_any_work(tmp_path):
-    r = subprocess.run(['dr_quickstart', '--task', 'fly-v3', '--out', str(tmp_path/'x')],
-                       capture_output=True, text=True, timeout=120)
+    r = run_cli(['dr_quickstart', '--task', 'fly-v3', '--out', str(tmp_path/'x')], timeout=120)
     assert r.returncode != 0 and "unknown task 'fly-v3'" in r.stderr
     assert not (tmp_path/'x'/'data').exists()

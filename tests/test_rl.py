@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 
 os.environ.setdefault('DR_NO_PROGRESS', '1')
 torch.set_num_threads(1)
@@ -191,9 +192,9 @@ def test_cli_smoke_and_resume(tmp_path):
     env = dict(os.environ, DR_NO_PROGRESS='1', OMP_NUM_THREADS='1')
     def cli(*extra, frames=200):
         cmd = ['dr_train_rl', 'reach-v3', '--reward', 'sparse', '--frames', str(frames), '--seed', '3',
-               '--out', str(out),
-               '--preset', 'tiny', '--eval_episodes', '1', '--device', 'cpu', *extra]
-        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+               '--out', str(out), '--preset', 'tiny', '--eval_episodes', '1', '--episode_steps', '25', '--device', 'cpu',
+               *extra]
+        return run_cli(cmd, env=env, timeout=300)
     r = cli()
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'frame         0: success rate' in r.stdout and 'summary.json' in r.stdout
@@ -201,10 +202,10 @@ def test_cli_smoke_and_resume(tmp_path):
     assert s['frames'] == 200 and s['seed'] == 3 and [e['frame'] for e in s['eval']] == [0, 200]
     r = cli()  # the same folder without --resume
     assert r.returncode != 0 and 'already holds a run' in r.stderr
-    r = cli('--resume', frames=300)  # rounded up to whole 200-frame episodes
+    r = cli('--resume', frames=330)  # rounded up to whole 50-frame episodes (25 steps, action repeat 2)
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads((out / 'summary.json').read_text())
-    assert s['frames'] == 400 and s['episodes'] == 2 and [e['frame'] for e in s['eval']] == [0, 200, 400]
+    assert s['frames'] == 350 and s['episodes'] == 7 and [e['frame'] for e in s['eval']] == [0, 200, 350]
 
 
 # --- GPU (runs where CUDA is available)
@@ -258,7 +259,7 @@ def test_compare_rl_kill_and_resume(tmp_path):
     assert p.poll() is None, p.stdout.read().decode()[-2000:]
     os.killpg(p.pid, signal.SIGKILL); p.wait()
     assert not list(out.glob('*/*/s*/summary.json'))  # stopped part-way
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    r = run_cli(cmd, env=env, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert '(resume)' in r.stdout and 'FAILED' not in r.stdout
     with open(out / 'curves.csv') as f: rows = list(csv.DictReader(f))
@@ -270,7 +271,7 @@ def test_compare_rl_kill_and_resume(tmp_path):
     assert '| success @240 (%) | frames to 50% | frames to 100% |' in table[0]
     assert [line.split(' | ')[1:3] for line in table[2:]] == [['sparse', '1'], ['rnd', '1']]
     assert (out / 'curves.png').stat().st_size > 1000
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)  # all done: nothing to run
+    r = run_cli(cmd, env=env, timeout=300)  # all done: nothing to run
     assert r.returncode == 0 and 'start' not in r.stdout
 
 
@@ -280,7 +281,7 @@ def test_gpu_readiness_script_tiny_on_cpu(tmp_path):
     script = Path(__file__).resolve().parents[1] / '.ci' / 'gpu_rl.sh'
     out = tmp_path / 'gpu.json'
     r = subprocess.run([str(script), '--device', 'cpu', '--preset', 'tiny', '--model_preset', 'tiny',
-                        '--task', 'reach-v3', '--episode_steps', '10', '--updates', '1', '--episodes', '1',
+                        '--task', 'reach-v3', '--episode_steps', '10', '--updates', '1', '--warmup', '1', '--episodes', '1',
                         '--variants', 'fp32', '--out', str(out)],
                        capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from diffusion_reward.core import CheckpointError
 from diffusion_reward.data import Episode, save_episode, episode_paths
 from diffusion_reward.test_utils import synthetic_episodes
@@ -126,12 +127,12 @@ def test_cli_trains_on_episode_folders(eps, tmp_path):
     out = tmp_path / 'run'
     args = ['dr_train_tokenizer', str(tmp_path / 'data'), '--preset', 'tiny', '--out', str(out), '--threads', '1',
             '--batch_size', '2', '--gan_start', '-1']
-    r = subprocess.run(args + ['--steps', '4'], capture_output=True, text=True, env=ENV, timeout=120)
+    r = run_cli(args + ['--steps', '4'], env=ENV, timeout=120)
     assert r.returncode == 0, r.stderr
     assert 'perceptual (LPIPS) loss OFF' in r.stderr and r.stderr.count('LPIPS) loss OFF') == 1
     s = json.loads((out / 'summary.json').read_text())
     assert s['step'] == 4 and s['config']['batch_size'] == 2 and s['gan'] is False and s['data']['test_episodes'] == 1
-    r = subprocess.run(args + ['--steps', '6', '--resume'], capture_output=True, text=True, env=ENV, timeout=120)
+    r = run_cli(args + ['--steps', '6', '--resume'], env=ENV, timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads((out / 'summary.json').read_text())['step'] == 6
 

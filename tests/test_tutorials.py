@@ -4,7 +4,7 @@ the installs), and `dr_reward_video` from a terminal. Each tutorial's cells also
 import json, os, re, shutil, subprocess, sys, zipfile
 from pathlib import Path
 import pytest
-from conftest import ROOT, SHIPPED, colab_mode_missing
+from conftest import ROOT, SHIPPED, colab_mode_missing, run_cli
 
 TUTORIALS = sorted((ROOT/'nbs').glob('8?_tutorial_*.ipynb'))
 COLAB_TUTORIAL = ROOT/'nbs'/'81_tutorial_own_videos.ipynb'  # the quickest one that installs, renders and scores
@@ -111,7 +111,7 @@ def test_tutorial_in_colab_mode(colab_venv):
 
 # ---------------------------------------------------------------- dr_reward_video
 def _cli(*args, **kw):
-    return _run(['dr_reward_video', *map(str, args)], timeout=300, **kw)
+    return run_cli(['dr_reward_video', *map(str, args)], timeout=300, **kw)
 
 def test_reward_video_cli_refuses_bad_input_in_one_line(tmp_path):
     r = _cli(tmp_path/'nope.mp4')

@@ -1,10 +1,11 @@
 """Video model integration: DDP (gloo, 2 processes), training from episode files through the token cache, the CLI, and
 the windows the likelihood reward scores. Unit behaviour (KV cache, chain, loss, exact resume, benchmark counts) is
 checked in nbs/05a_video_model.ipynb and nbs/05b_video_train.ipynb."""
-import json, os, subprocess, sys, textwrap
+import json, os, sys, textwrap
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from diffusion_reward.core import DataError, load_checkpoint
 from diffusion_reward.test_utils import toy_token_videos
 from diffusion_reward.video_model import VideoModelConfig, VideoDiffusion, TokenWindows
@@ -56,9 +57,9 @@ def test_ddp_gloo_two_processes(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS='1', DR_NO_PROGRESS='1')
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(script),
            str(tmp_path/'run')]
-    r = subprocess.run(cmd + ['4', '0'], capture_output=True, text=True, env=env, timeout=300)
+    r = run_cli(cmd + ['4', '0'], env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    r = subprocess.run(cmd + ['8', '1'], capture_output=True, text=True, env=env, timeout=300)
+    r = run_cli(cmd + ['8', '1'], env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = torch.load(tmp_path/'run'/'rank0.pt'), torch.load(tmp_path/'run'/'rank1.pt')
     for n in a: assert torch.equal(a[n], b[n]), n
@@ -108,19 +109,17 @@ def test_console_script(episodes_and_tokenizer):
     root, tok = episodes_and_tokenizer
     env = dict(os.environ, DR_NO_PROGRESS='1', OMP_NUM_THREADS='1')
     out = root/'cli'
-    r = subprocess.run(['dr_train_video', str(root/'data'), '--tokenizer', str(tok), '--out', str(out), '--steps', '2',
-                        '--batch_size', '2', '--eval_every', '0', '--no-tensorboard', '--device', 'cpu',
-                        '--threads', '1'],
-                       capture_output=True, text=True, env=env, timeout=300)
+    r = run_cli(['dr_train_video', str(root/'data'), '--tokenizer', str(tok), '--out', str(out), '--steps', '2',
+                 '--batch_size', '2', '--eval_every', '0', '--no-tensorboard', '--device', 'cpu', '--threads', '1'],
+                env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'dr_train_video: 2 steps' in r.stdout and json.loads((out/'summary.json').read_text())['steps'] == 2
-    r = subprocess.run(['dr_train_video', str(root/'nowhere'), '--tokenizer', str(tok), '--out', str(root/'cli2')],
-                       capture_output=True, text=True, env=env, timeout=300)
+    r = run_cli(['dr_train_video', str(root/'nowhere'), '--tokenizer', str(tok), '--out', str(root/'cli2')],
+                env=env, timeout=300)
     assert r.returncode == 2 and 'nowhere' in r.stderr and 'no such episode file or folder' in r.stderr
-    r = subprocess.run(['dr_train_video', str(root/'data'), '--out', str(root/'cli3')], capture_output=True, text=True,
-                       env=env, timeout=300)
+    r = run_cli(['dr_train_video', str(root/'data'), '--out', str(root/'cli3')], env=env, timeout=300)
     assert r.returncode == 2 and 'tokenizer' in r.stderr
-    r = subprocess.run(['dr_train_video', '--help'], capture_output=True, text=True, timeout=120)
+    r = run_cli(['dr_train_video', '--help'], timeout=120)
     assert r.returncode == 0 and '--tokenizer' in r.stdout and '--resume' in r.stdout
 
 def test_cli_function_called_from_python(episodes_and_tokenizer):

@@ -2,11 +2,12 @@
 `viper_std`, and `dr_train_rl` with `diffusion`, `viper` and `viper_std` on tiny checkpoints of reach-v3 and Adroit
 door, through the console script too. The model, its windows, training and exact resume are checked in
 nbs/14_viper."""
-import json, os, shutil, subprocess
+import json, os, shutil
 from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 
 os.environ.setdefault('DR_NO_PROGRESS', '1')
 torch.set_num_threads(1)
@@ -122,7 +123,7 @@ def test_diffusion_reward_mix_weights(tiny_models):
 def test_dr_train_rl_runs_with_learned_reward(tiny_models, tmp_path, reward):
     ckpt = tiny_models['video'] if reward == 'diffusion' else tiny_models['viper']
     out = tmp_path / reward
-    dr_train_rl(TASK, reward=reward, frames=1, preset='tiny', eval_episodes=1, out=str(out),
+    dr_train_rl(TASK, reward=reward, frames=1, preset='tiny', eval_episodes=1, episode_steps=25, out=str(out),
                 reward_checkpoint=str(ckpt), device='cpu')
     _check_run(out, reward)
 
@@ -131,19 +132,21 @@ def test_dr_train_rl_runs_with_learned_reward(tiny_models, tmp_path, reward):
 def test_dr_train_rl_runs_with_learned_reward_on_adroit_door(tiny_door_models, tmp_path, reward):
     ckpt = tiny_door_models['video'] if reward == 'diffusion' else tiny_door_models['viper']
     out = tmp_path / reward
-    dr_train_rl('door', reward=reward, frames=1, preset='tiny', eval_episodes=1, out=str(out),
+    dr_train_rl('door', reward=reward, frames=1, preset='tiny', eval_episodes=1, episode_steps=25, out=str(out),
                 reward_checkpoint=str(ckpt), device='cpu')
     _check_run(out, reward)
 
 
 def test_dr_train_rl_console_script_finds_viper(tiny_models, tmp_path):
-    "A fresh process: `rl_rewards.REWARDS` names `diffusion_reward.rl_rewards:viper_reward`, which imports VIPER on first use."
+    """A process with no module of the package loaded (`conftest.run_cli`): `rl_rewards.REWARDS` names
+    `diffusion_reward.rl_rewards:viper_reward`, which imports VIPER on first use."""
     out = tmp_path / 'viper'
     exe = shutil.which('dr_train_rl')
     assert exe, 'the dr_train_rl console script is not installed (pip install -e .)'
-    r = subprocess.run([exe, TASK, '--reward', 'viper', '--frames', '1', '--preset', 'tiny', '--eval_episodes', '1',
-                              '--out', str(out), '--reward_checkpoint', str(tiny_models['viper']), '--device', 'cpu'],
-                       capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    r = run_cli([exe, TASK, '--reward', 'viper', '--frames', '1', '--preset', 'tiny', '--eval_episodes', '1',
+                 '--episode_steps', '25', '--out', str(out), '--reward_checkpoint', str(tiny_models['viper']),
+                 '--device', 'cpu'],
+                timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'success rate' in r.stdout
     _check_run(out, 'viper')
@@ -151,7 +154,7 @@ def test_dr_train_rl_console_script_finds_viper(tiny_models, tmp_path):
 
 def _check_run(out:Path, reward:str):
     s = json.loads((out / 'summary.json').read_text())
-    assert s['reward'] == reward and s['frames'] == 200 and s['episodes'] == 1 and len(s['eval']) == 2
+    assert s['reward'] == reward and s['frames'] == 50 and s['episodes'] == 1 and len(s['eval']) == 2  # 25 steps x 2
     rows = read_csv(out / 'train.csv')
     assert len(rows) == 1 and rows[0]['train/episode_learned_reward'] != rows[0]['train/episode_reward']
     assert (out / 'checkpoint.pt').exists()
