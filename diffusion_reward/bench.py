@@ -4,13 +4,13 @@
 
 # %% ../nbs/90_bench.ipynb #9bef2905
 from __future__ import annotations
-import importlib, platform, os
+import importlib
 import torch
 from fastcore.script import call_parse
-from .core import save_json
+from .core import save_json, machine_info
 
 # %% auto #0
-__all__ = ['BENCHMARKS', 'machine_info', 'run_benchmark', 'figures_table', 'dr_bench']
+__all__ = ['BENCHMARKS', 'run_benchmark', 'figures_table', 'dr_bench']
 
 # %% ../nbs/90_bench.ipynb #7bc10dc9
 BENCHMARKS = {
@@ -26,21 +26,6 @@ BENCHMARKS = {
 }
 
 # %% ../nbs/90_bench.ipynb #289b96ac
-def _cpu_name() -> str:
-    "The CPU's model name (Linux: /proc/cpuinfo), else what `platform` knows."
-    try:
-        with open('/proc/cpuinfo') as f:
-            name = next((l.split(':', 1)[1].strip() for l in f if l.startswith('model name')), None)
-    except OSError: name = None
-    return name or platform.processor() or platform.machine()
-
-def machine_info() -> dict:
-    "What the figures were measured on, with the 1-minute load average (the machine may be shared)."
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    load = round(os.getloadavg()[0], 2) if hasattr(os, 'getloadavg') else None
-    return dict(cpu=_cpu_name(), cores=os.cpu_count(), torch_threads=torch.get_num_threads(), gpu=gpu,
-                torch=torch.__version__.split('+')[0], load=load)
-
 def run_benchmark(name:str, **kwargs) -> dict:
     "Run one registered benchmark and return its figures with the machine description."
     if name not in BENCHMARKS: raise ValueError(f'unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}')

@@ -13,9 +13,10 @@ import torch
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['DataError', 'CheckpointError', 'seed_everything', 'get_device', 'atomic_write', 'save_json', 'load_json',
-           'save_checkpoint', 'load_checkpoint', 'rng_state', 'set_rng_state', 'DistInfo', 'setup_distributed',
-           'teardown_distributed', 'file_sha256', 'Config', 'progress', 'MetricLog', 'package_versions']
+__all__ = ['DataError', 'CheckpointError', 'seed_everything', 'get_device', 'machine_info', 'atomic_write', 'save_json',
+           'load_json', 'save_checkpoint', 'load_checkpoint', 'rng_state', 'set_rng_state', 'DistInfo',
+           'setup_distributed', 'teardown_distributed', 'file_sha256', 'Config', 'progress', 'MetricLog',
+           'package_versions']
 
 # %% ../nbs/00_core.ipynb #42e1dc78
 class DataError(ValueError):
@@ -44,6 +45,23 @@ def get_device(device:str|torch.device='auto') -> torch.device:
     if torch.cuda.is_available(): return torch.device('cuda')
     if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(): return torch.device('mps')
     return torch.device('cpu')
+
+# %% ../nbs/00_core.ipynb #8193183b
+def _cpu_name() -> str:
+    "The CPU's model name (Linux: /proc/cpuinfo), else what `platform` knows."
+    import platform
+    try:
+        with open('/proc/cpuinfo') as f:
+            name = next((l.split(':', 1)[1].strip() for l in f if l.startswith('model name')), None)
+    except OSError: name = None
+    return name or platform.processor() or platform.machine()
+
+def machine_info() -> dict:
+    "What the figures were measured on, with the 1-minute load average (the machine may be shared)."
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    load = round(os.getloadavg()[0], 2) if hasattr(os, 'getloadavg') else None
+    return dict(cpu=_cpu_name(), cores=os.cpu_count(), torch_threads=torch.get_num_threads(), gpu=gpu,
+                torch=torch.__version__.split('+')[0], load=load)
 
 # %% ../nbs/00_core.ipynb #f69a01f2
 def _umask() -> int:

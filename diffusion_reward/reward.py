@@ -14,7 +14,7 @@ from torch import Tensor
 import gymnasium as gym
 from fastcore.script import call_parse
 from .core import (Config, DataError, CheckpointError, get_device, progress, save_json, load_json,
-                                   seed_everything, atomic_write, file_sha256)
+                                   seed_everything, atomic_write, file_sha256, machine_info)
 from .data import episode_paths, load_episode
 from .scheduler import MaskDiffusionScheduler, log_onehot, categorical_kl
 from .tokenizer import Tokenizer, VQModel, TokenizerConfig, frames_to_input, use_bf16
@@ -488,7 +488,6 @@ def bench_reward(preset:str='paper', # video model preset
                  episode_frames:int=100, # rewards per episode
                  seed:int=0, verbose:bool=True) -> dict:
     "Rewards/s (tokenising included) of each estimator beside the reference-style path: same run, episodes, weights."
-    from diffusion_reward.bench import machine_info
     dev = get_device(device)
     bs = batch_size or (1024 if dev.type == 'cuda' else 256)
     cfgs = {e: RewardConfig(estimator=e, batch_size=bs, seed=seed) for e in estimators}  # bad names fail first
