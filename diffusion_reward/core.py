@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #c5dc1a29
 from __future__ import annotations
-import dataclasses, hashlib, json, os, random, tempfile, contextlib, importlib.metadata, sys
+import dataclasses, hashlib, json, os, platform, random, tempfile, contextlib, importlib.metadata, sys
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,6 @@ def get_device(device:str|torch.device='auto') -> torch.device:
 # %% ../nbs/00_core.ipynb #8193183b
 def _cpu_name() -> str:
     "The CPU's model name (Linux: /proc/cpuinfo), else what `platform` knows."
-    import platform
     try:
         with open('/proc/cpuinfo') as f:
             name = next((l.split(':', 1)[1].strip() for l in f if l.startswith('model name')), None)

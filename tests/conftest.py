@@ -4,7 +4,7 @@ os.environ.setdefault('PYOPENGL_PLATFORM', os.environ['MUJOCO_GL'])
 os.environ.setdefault('DR_NO_PROGRESS', '1')
 if os.environ.get('PYTEST_XDIST_WORKER'):  # one thread per worker (and its subprocesses): OpenMP threads of two
     os.environ['OMP_NUM_THREADS'] = '1'     # workers sharing the cores wait at barriers for descheduled peers
-import importlib.util, shutil, subprocess, sys, tempfile
+import functools, importlib.util, shutil, subprocess, sys, tempfile
 import pytest
 from pathlib import Path
 
@@ -52,7 +52,7 @@ def _cli_child(argv:list, env:dict, cwd:str, out:str, err:str):
         if argv[0] == '-m': sys.argv = list(argv[1:]); runpy.run_module(argv[1], run_name='__main__', alter_sys=True)
         else: sys.argv = list(argv); runpy.run_path(argv[0], run_name='__main__')
     except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (e.code is not None)
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
         if isinstance(e.code, str): print(e.code, file=sys.stderr)
     except BaseException: traceback.print_exc(); code = 1
     atexit._run_exitfuncs()  # what interpreter shutdown would run: log writers closing, progress bars ending
@@ -67,7 +67,12 @@ def _python_argv(cmd:list):
         with open(exe, 'rb') as f: first = f.readline()
         if first.startswith(b'#!') and b'python' in first: return [exe, *cmd[1:]]
 
-_FORKSERVER = []
+@functools.cache
+def _forkserver():
+    "The forkserver context; its server (started on first use, one per test worker) has imported torch once."
+    import multiprocessing as mp
+    ctx = mp.get_context('forkserver'); ctx.set_forkserver_preload(['torch', 'conftest'])
+    return ctx
 
 def run_cli(cmd:list, env:dict=None, cwd=None, timeout:float=600) -> subprocess.CompletedProcess:
     """`subprocess.run(cmd, capture_output=True, text=True, ...)` for the package's commands, each in a child forked from
@@ -75,13 +80,10 @@ def run_cli(cmd:list, env:dict=None, cwd=None, timeout:float=600) -> subprocess.
     anything else (shell scripts, `python -c`) runs as a plain subprocess."""
     argv = _python_argv(list(map(str, cmd)))
     if argv is None: return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
-    if not _FORKSERVER:
-        import multiprocessing as mp
-        ctx = mp.get_context('forkserver'); ctx.set_forkserver_preload(['torch', 'conftest']); _FORKSERVER.append(ctx)
     with tempfile.TemporaryDirectory() as tmp:
         out, err = f'{tmp}/out', f'{tmp}/err'
-        p = _FORKSERVER[0].Process(target=_cli_child, args=(argv, dict(os.environ if env is None else env),
-                                                           str(cwd or os.getcwd()), out, err))
+        p = _forkserver().Process(target=_cli_child, args=(argv, dict(os.environ if env is None else env),
+                                                          str(cwd or os.getcwd()), out, err))
         p.start(); p.join(timeout)
         timed_out = p.is_alive()
         if timed_out: p.kill(); p.join()

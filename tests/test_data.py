@@ -316,8 +316,7 @@ def test_dr_collect_adroit_door_expert(dapg_dir, tmp_path):
     args = ['door', '--policy', 'expert', '--episodes', '1', '--seed', '0', '--out', 'out',
             '--expert_policy', str(dapg_dir/'door-v0.pickle')]
     env = dict(os.environ, DR_NO_PROGRESS='1', OMP_NUM_THREADS='1')
-    r = run_cli([exe, *args], cwd=tmp_path, env=env) if exe else \
-        _cli(*args, cwd=tmp_path)
+    r = run_cli([exe, *args], cwd=tmp_path, env=env) if exe else _cli(*args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'dr_collect door expert: 1 episodes' in r.stdout and 'success rate 1.00' in r.stdout, r.stdout
     ep = load_episode(tmp_path/'out'/'door'/'expert'/'ep000000.npz')

@@ -281,8 +281,8 @@ def test_gpu_readiness_script_tiny_on_cpu(tmp_path):
     script = Path(__file__).resolve().parents[1] / '.ci' / 'gpu_rl.sh'
     out = tmp_path / 'gpu.json'
     r = subprocess.run([str(script), '--device', 'cpu', '--preset', 'tiny', '--model_preset', 'tiny',
-                        '--task', 'reach-v3', '--episode_steps', '10', '--updates', '1', '--warmup', '1', '--episodes', '1',
-                        '--variants', 'fp32', '--out', str(out)],
+                        '--task', 'reach-v3', '--episode_steps', '10', '--updates', '1', '--warmup', '1',
+                        '--episodes', '1', '--variants', 'fp32', '--out', str(out)],
                        capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert 'updates/s' in r.stdout and 'env frames/s (target 600)' in r.stdout
