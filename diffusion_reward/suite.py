@@ -323,11 +323,13 @@ def dr_suite(domain:str, # metaworld | adroit | tiny (a smoke test)
              expert_dir:str=None, # adroit: the folder holding door-v0.pickle, hammer-v0.pickle, pen-v0.pickle
              tokenizer_steps:int=None, # default: the preset's
              video_steps:int=None, # default: the preset's
+             compare:str=None, # rewards scored beside the judged one, comma-separated (default: the preset's)
              threads:int=None, # torch CPU threads (default: all cores)
             ):
     "One tokenizer and video model per domain on its training tasks; AUROC on every task, unseen ones zero-shot."
     if threads: torch.set_num_threads(threads)
     over = {k: v for k, v in dict(tokenizer_steps=tokenizer_steps, video_steps=video_steps).items() if v is not None}
+    if compare is not None: over['compare'] = tuple(x.strip() for x in compare.split(',') if x.strip())
     root = Path(out or f'runs/suite_{domain}')
     suite(SuiteConfig.preset(domain, **over), root, [int(x) for x in str(seeds).split(',') if x.strip()], expert_dir)
     print((root/'report.md').read_text())
