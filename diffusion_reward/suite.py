@@ -268,8 +268,9 @@ def run_suite(cfg:SuiteConfig, root:str|Path, expert_dir=None) -> dict:
     seed_everything(cfg.seed)
     r = dict(collect=Stages(root).run('collect', lambda: stage_collect(cfg, data, expert_dir)))
     st = Stages(run)
-    r['tokenizer'] = st.run('tokenizer', lambda: stage_tokenizer(cfg, data, run/'tokenizer'))
-    r['video'] = st.run('video', lambda: stage_video(cfg, data, run/'tokenizer'/'best.pt', run/'video'))
+    threads = dict(threads=torch.get_num_threads())  # another thread count trains another path: recorded
+    r['tokenizer'] = st.run('tokenizer', lambda: stage_tokenizer(cfg, data, run/'tokenizer') | threads)
+    r['video'] = st.run('video', lambda: stage_video(cfg, data, run/'tokenizer'/'best.pt', run/'video') | threads)
     r['stats'] = st.run('stats', lambda: stage_stats(cfg, data, run/'video'/'video_model.pt'))
     r['eval'] = st.run('eval', lambda: stage_eval(cfg, data, run/'video'/'video_model.pt', run) | dict(commit=_commit()))
     return r
@@ -366,8 +367,9 @@ def export_pretrained(cfg:SuiteConfig, root:str|Path, # a finished suite folder
     tok, vid = load_json(run/'stages'/'tokenizer.json'), load_json(run/'stages'/'video.json')
     card = [f'# Pretrained Diffusion Reward: {cfg.domain}', '',
             f"Trained by `dr_suite {cfg.domain}` (seed {cfg.seed}, data seed {cfg.data_seed}, commit {_commit()}) on "
-            f"{platform.machine()} with {os.cpu_count()} cores, no GPU, torch {torch.__version__}.", '',
-            f"- Data: {cfg.train_episodes} scripted expert episodes of each of {', '.join(cfg.train_tasks)}; no video of "
+            f"{platform.machine()} with {os.cpu_count()} cores, no GPU, torch {torch.__version__}, "
+            f"{tok.get('threads', 'unrecorded')} torch thread(s) in training.", '',
+            f"- Data: {cfg.train_episodes} {'DAPG' if cfg.domain == 'adroit' else 'scripted'} expert episodes of each of {', '.join(cfg.train_tasks)}; no video of "
             f"{', '.join(cfg.unseen_tasks) or 'any other task'} was trained on.",
             f"- Tokenizer `{cfg.tokenizer_preset}`: {tok.get('step')} steps, {tok.get('params')} parameters, held-out PSNR "
             f"{tok.get('heldout_psnr') or float('nan'):.2f} dB.",

@@ -74,9 +74,9 @@ def test_wheel_ships_the_pretrained_model_and_the_command(colab_venv):
     assert 'diffusion_reward/explore.py' in names
     assert any('dr_reward_video = diffusion_reward.explore:dr_reward_video' in zipfile.ZipFile(colab_venv['wheel'])
                .read(n).decode() for n in names if n.endswith('entry_points.txt'))
-    if SHIPPED.exists():
+    for model in sorted(SHIPPED.parents[1].glob('*/video_model.pt')):  # every shipped model, MetaWorld and Adroit
         missing = [f for f in ('video_model.pt', 'tokenizer.pt', 'reward_stats.json', 'MODEL_CARD.md')
-                   if f'diffusion_reward/pretrained/metaworld/{f}' not in names]
+                   if f'diffusion_reward/pretrained/{model.parent.name}/{f}' not in names]
         assert not missing, f'the wheel lacks the shipped model files {missing} (MANIFEST.in / package_data)'
 
 def test_tutorial_in_colab_mode(colab_venv):
