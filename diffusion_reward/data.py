@@ -579,6 +579,7 @@ def collect(task:str, # task name (see `envs.TASKS`), e.g. 'reach-v3', 'coffee-p
             episode_steps:int|None=None, # agent steps per episode; None = the preset's
             split:str|None=None, # 'train'/'test' label stored in the metadata
             renderer:str='fast', # 'fast' or 'default'
+            env=None, # an env of `task` from `make_env` to reuse, with matching frames; None: made and closed here
            ) -> Collected:
     "Collect `episodes` episodes of `task` with `policy`, resumably; returns their paths with a `summary`."
     from diffusion_reward.envs import get_preset, make_env  # here, so reading data never needs mujoco
@@ -592,6 +593,8 @@ def collect(task:str, # task name (see `envs.TASKS`), e.g. 'reach-v3', 'coffee-p
     folder = Path(out)/preset.name/tag
     want = dict(task=preset.name, policy=policy, noise=float(noise), size=size, camera=camera or preset.camera,
                 action_repeat=preset.action_repeat, episode_steps=episode_steps or preset.episode_steps, split=split)
+    if env is not None and (wrong := {k: v for k, v in want.items() if k in env.meta and env.meta[k] != v}):
+        raise ValueError(f'collect({preset.name!r}): the env given renders other episodes ({wrong} expected)')
     paths, todo, results, corrupt, start = Collected(), [], {}, [], time.time()
     for s in range(seed, seed + episodes):  # check everything already there before writing anything
         p = folder/f'ep{s:06d}.npz'
@@ -600,7 +603,9 @@ def collect(task:str, # task name (see `envs.TASKS`), e.g. 'reach-v3', 'coffee-p
         if done is None: todo.append((s, p))
         else: results[s] = done
     if todo:
-        env = make_env(preset.name, seed=seed, size=size, camera=camera, episode_steps=episode_steps, renderer=renderer)
+        own = env is None  # an env made here is closed here; episodes never depend on an env's history (reset by seed)
+        if own: env = make_env(preset.name, seed=seed, size=size, camera=camera, episode_steps=episode_steps,
+                               renderer=renderer)
         try:
             fn = make_policy(policy, env, noise, expert=expert)
             extra = dict(policy=policy, noise=float(noise), split=split, versions=package_versions())
@@ -612,7 +617,8 @@ def collect(task:str, # task name (see `envs.TASKS`), e.g. 'reach-v3', 'coffee-p
                 save_episode(ep, p)
                 results[s] = ep.succeeded
                 bar.set_postfix(success=f'{np.mean(list(results.values())):.2f}')
-        finally: env.close()
+        finally:
+            if own: env.close()
     paths.summary = dict(task=preset.name, policy=tag, out=str(folder), episodes=episodes, collected=len(todo),
                          skipped=episodes - len(todo), corrupt=corrupt, seconds=round(time.time() - start, 2),
                          success_rate=float(np.mean([results[s] for s in range(seed, seed + episodes)]) if episodes

@@ -12,7 +12,7 @@ import torch
 from fastcore.script import call_parse
 from .core import (Config, seed_everything, save_json, load_json, atomic_write, progress,
                                    file_sha256)
-from .envs import get_preset, contact_sheet
+from .envs import get_preset, contact_sheet, make_env
 from .data import collect, find_episodes, load_episode, episode_paths
 from .reward import RewardConfig
 
@@ -82,11 +82,13 @@ def _group_name(g:dict) -> str:
 
 def stage_collect(cfg:QuickstartConfig, data:Path) -> dict:
     "Collect every group of the plan (resumable: existing episodes are kept)."
-    out = {}
-    for g in collection_plan(cfg):
-        res = collect(cfg.task, g['policy'], g['episodes'], g['seed'], data, g['noise'],
-                      episode_steps=cfg.episode_steps, split=g['split'])
-        out[_group_name(g)] = dict(episodes=res.summary['episodes'], success_rate=res.summary['success_rate'])
+    out, env = {}, make_env(cfg.task, seed=cfg.seed, episode_steps=cfg.episode_steps)  # one env for every group
+    try:
+        for g in collection_plan(cfg):
+            res = collect(cfg.task, g['policy'], g['episodes'], g['seed'], data, g['noise'], env=env,
+                          episode_steps=cfg.episode_steps, split=g['split'])
+            out[_group_name(g)] = dict(episodes=res.summary['episodes'], success_rate=res.summary['success_rate'])
+    finally: env.close()
     return out
 
 # %% ../nbs/13_quickstart.ipynb #11560618
