@@ -5,6 +5,7 @@
 # %% ../nbs/13_quickstart.ipynb #d8e87e15
 from __future__ import annotations
 import time, platform, os, warnings
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -82,13 +83,12 @@ def _group_name(g:dict) -> str:
 
 def stage_collect(cfg:QuickstartConfig, data:Path) -> dict:
     "Collect every group of the plan (resumable: existing episodes are kept)."
-    out, env = {}, make_env(cfg.task, seed=cfg.seed, episode_steps=cfg.episode_steps)  # one env for every group
-    try:
+    out = {}
+    with closing(make_env(cfg.task, seed=cfg.seed, episode_steps=cfg.episode_steps)) as env:  # one for every group
         for g in collection_plan(cfg):
             res = collect(cfg.task, g['policy'], g['episodes'], g['seed'], data, g['noise'], env=env,
                           episode_steps=cfg.episode_steps, split=g['split'])
             out[_group_name(g)] = dict(episodes=res.summary['episodes'], success_rate=res.summary['success_rate'])
-    finally: env.close()
     return out
 
 # %% ../nbs/13_quickstart.ipynb #11560618

@@ -4,7 +4,8 @@
 
 # %% ../nbs/15_suite.ipynb #7788d43d
 from __future__ import annotations
-import os, platform
+import itertools, os, platform
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -93,18 +94,14 @@ def dapg_policy_files(tasks, # Adroit task names
 def stage_collect(cfg:SuiteConfig, data:Path, expert_dir=None) -> dict:
     "Collect every group of the plan (resumable: finished episodes are kept)."
     experts = dapg_policy_files(cfg.train_tasks, expert_dir) if cfg.domain == 'adroit' else {}
-    out, env = {}, None
-    try:
-        for g in suite_plan(cfg):  # grouped by task: one env a task (making one costs about half a second)
-            if env is None or env.meta['task'] != get_preset(g['task']).name:
-                if env is not None: env.close()
-                env = make_env(g['task'], seed=g['seed'], episode_steps=cfg.episode_steps)
-            res = collect(g['task'], g['policy'], g['episodes'], g['seed'], data, g['noise'], env=env,
-                          episode_steps=cfg.episode_steps, split=g['split'],
-                          expert_policy=experts.get(g['task']) if g['policy'] != 'random' else None)
-            out.setdefault(g['task'], {})[f"{g['policy']}{g['noise']:g}_{g['split']}"] = res.summary['success_rate']
-    finally:
-        if env is not None: env.close()
+    out = {}
+    for task, groups in itertools.groupby(suite_plan(cfg), key=lambda g: g['task']):
+        with closing(make_env(task, seed=cfg.data_seed, episode_steps=cfg.episode_steps)) as env:  # ~0.5 s to make
+            for g in groups:
+                res = collect(task, g['policy'], g['episodes'], g['seed'], data, g['noise'], env=env,
+                              episode_steps=cfg.episode_steps, split=g['split'],
+                              expert_policy=experts.get(task) if g['policy'] != 'random' else None)
+                out.setdefault(task, {})[f"{g['policy']}{g['noise']:g}_{g['split']}"] = res.summary['success_rate']
     return out
 
 def training_episodes(cfg:SuiteConfig, data:Path, split:str='train') -> list[Path]:
@@ -376,7 +373,8 @@ def export_pretrained(cfg:SuiteConfig, root:str|Path, # a finished suite folder
             f"Trained by `dr_suite {cfg.domain}` (seed {cfg.seed}, data seed {cfg.data_seed}, commit {_commit()}) on "
             f"{platform.machine()} with {os.cpu_count()} cores, no GPU, torch {torch.__version__}, "
             f"{tok.get('threads', 'unrecorded')} torch thread(s) in training.", '',
-            f"- Data: {cfg.train_episodes} {'DAPG' if cfg.domain == 'adroit' else 'scripted'} expert episodes of each of {', '.join(cfg.train_tasks)}; no video of "
+            f"- Data: {cfg.train_episodes} {'DAPG' if cfg.domain == 'adroit' else 'scripted'} expert episodes of each of "
+            f"{', '.join(cfg.train_tasks)}; no video of "
             f"{', '.join(cfg.unseen_tasks) or 'any other task'} was trained on.",
             f"- Tokenizer `{cfg.tokenizer_preset}`: {tok.get('step')} steps, {tok.get('params')} parameters, held-out PSNR "
             f"{tok.get('heldout_psnr') or float('nan'):.2f} dB.",
