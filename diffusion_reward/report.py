@@ -4,11 +4,12 @@
 
 # %% ../nbs/12_report.ipynb #49aadac6
 from __future__ import annotations
+import json
 from pathlib import Path
 import numpy as np
 import torch
 from fastcore.script import call_parse
-from .core import (DataError, CheckpointError, save_json, seed_everything, progress, get_device,
+from .core import (DataError, CheckpointError, save_json, load_json, seed_everything, progress, get_device,
                                    file_sha256)
 from .data import find_episodes, load_episode, policy_tag
 from .evaluate import discrimination_report, frame_change_reward
@@ -92,6 +93,23 @@ def _summary_line(rep:dict) -> str:
     return (f"AUROC expert/random {_fmt(rep['auroc_expert_vs_random'])}, expert/noisy "
             f"{_fmt(rep['auroc_expert_vs_noisy'])}, spearman(noise) {_fmt(rep['spearman_noise'])}")
 
+# %% ../nbs/12_report.ipynb #c2e7356c
+def _task_inputs(data:str, task:str, expert_split:str|None, video_ckpt:Path, sha:str, key:str, standardize:bool):
+    "A task's episode groups and statistics, or a `DataError` / `CheckpointError` before any scoring."
+    groups = episode_groups(data, task, expert_split)
+    if 'expert' not in groups: raise DataError(data, f'no expert episodes of {task}')
+    if len(groups) < 2: raise DataError(data, f'only expert episodes of {task}: nothing to compare against')
+    stats = lookup_stats(video_ckpt.parent/STATS_FILE, sha, key, task) if standardize else None
+    return {k: [str(p) for p in v] for k, v in groups.items()}, stats
+
+def _print_task(task:str, entry:dict, est:str, compare:tuple):
+    "One line per reward of a task, and a loud one when the learned reward does not beat the baselines."
+    for name in ['learned'] + [f'learned_{e}' for e in compare]:
+        print(f"{task} [{est if name == 'learned' else name[len('learned_'):]}]: {_summary_line(entry[name])}")
+    if entry['verdict'].get('beats_baseline') is False:
+        print(f'{task}: the learned reward does NOT beat the trivial frame-change baseline on every AUROC '
+              '(see eval.json verdict)')
+
 # %% ../nbs/12_report.ipynb #ad87a8c4
 def _save_plots(task:str, res:dict, estimator:str, plots:Path):
     "The PNG summary (learned vs the stronger baseline) and three HTML figures of one task."
@@ -103,37 +121,47 @@ def _save_plots(task:str, res:dict, estimator:str, plots:Path):
     save_html(roc_figure(scores, title=f'{task}: expert vs others'), plots/f'{task}_roc.html')
     save_html(reward_over_time_figure(curves, title=f'{task}: reward over time'), plots/f'{task}_over_time.html')
 
+def _score_task(reward:DiffusionReward, task:str, groups:dict, stats:dict|None, compare:tuple, plots:Path) -> dict:
+    "One task's eval.json entry: the reports, the verdict, episode counts and scores; its plots written."
+    res = evaluate_task(reward, groups, stats, compare)
+    _save_plots(task, res, reward.cfg.estimator, plots)
+    return dict(**res['reports'], verdict=verdict(res['reports']), episodes=res['episodes'], scores=res['scores'])
+
+def _scored_before(part:Path, key:dict) -> dict|None:
+    "The entry a stopped run stored for this task, if it was scored with exactly these settings and episodes."
+    if not part.exists(): return None
+    old = load_json(part)
+    return old['entry'] if old.get('key') == json.loads(json.dumps(key, default=str)) else None
+
+# %% ../nbs/12_report.ipynb #4bd58f1d
 def run_eval(video_ckpt:str|Path, data:str, out:str|Path, tasks:list|None=None, expert_split:str|None='test',
              standardize:bool=True, tokenizer:str|None=None, device='auto', seed:int=0,
              compare:tuple=(), # other estimators scored beside the configured one
              **reward_cfg) -> dict:
-    "Evaluate a trained reward on the episodes under `data`; writes eval.json and plots to `out`."
+    "Evaluate a trained reward on the episodes under `data`; writes eval.json and plots to `out` (resumes per task)."
     seed_everything(seed)
     out, video_ckpt = Path(out), Path(video_ckpt)
     reward = DiffusionReward.from_checkpoint(video_ckpt, tokenizer, standardize=False, device=device, seed=seed,
                                              **reward_cfg)
-    tasks, est = tasks or _tasks_in(data), reward.cfg.estimator
+    tasks, est, sha = tasks or _tasks_in(data), reward.cfg.estimator, file_sha256(video_ckpt)
     if not tasks: raise DataError(data, 'no episodes with a task found')
     compare = tuple(e for e in compare if e != est)
     for e in compare: RewardConfig(estimator=e)  # unknown names fail before any work
+    plan = {t: _task_inputs(data, t, expert_split, video_ckpt, sha, reward.cfg.key, standardize) for t in tasks}
     result = dict(video_checkpoint=str(video_ckpt), estimator=reward.cfg.to_dict(), compare=list(compare),
                   standardized=standardize, tasks={})
-    for task in tasks:
-        groups = episode_groups(data, task, expert_split)
-        if 'expert' not in groups: raise DataError(data, f'no expert episodes of {task}')
-        if len(groups) < 2: raise DataError(data, f'only expert episodes of {task}: nothing to compare against')
-        sha = file_sha256(video_ckpt)
-        stats = lookup_stats(video_ckpt.parent/STATS_FILE, sha, reward.cfg.key, task) if standardize else None
-        res = evaluate_task(reward, groups, stats, compare)
-        v = verdict(res['reports'])
-        result['tasks'][task] = dict(**res['reports'], verdict=v, episodes=res['episodes'], scores=res['scores'])
-        _save_plots(task, res, est, out/'plots')
-        for name in ['learned'] + [f'learned_{e}' for e in compare]:
-            label = est if name == 'learned' else name[len('learned_'):]
-            print(f"{task} [{label}]: {_summary_line(res['reports'][name])}")
-        if v.get('beats_baseline') is False:
-            print(f'{task}: the learned reward does NOT beat the trivial frame-change baseline on every AUROC '
-                  '(see eval.json verdict)')
+    for task, (groups, stats) in plan.items():
+        part = out/'eval_tasks'/f'{task}.json'  # a stopped run keeps the tasks it finished
+        key = dict(video_sha256=sha, tokenizer=tokenizer and str(tokenizer), estimator=result['estimator'],
+                   compare=compare, seed=seed, stats=stats, device=str(reward.model.device),
+                   precision=reward.precision, groups=groups)
+        entry = _scored_before(part, key)
+        if entry is None:
+            entry = _score_task(reward, task, groups, stats, compare, out/'plots')
+            save_json(dict(key=key, entry=entry), part)
+        else: print(f'{task}: scored before with these settings, kept ({part})')
+        result['tasks'][task] = entry
+        _print_task(task, entry, est, compare)
     save_json(result, out/'eval.json')
     return result
 

@@ -13,12 +13,12 @@ import torch
 import diffusion_reward
 from fastcore.script import call_parse
 from fastcore.basics import patch
-from .core import (Config, DataError, seed_everything, save_json, load_json, atomic_write,
+from .core import (Config, DataError, CheckpointError, seed_everything, save_json, load_json, atomic_write,
                                    file_sha256, load_checkpoint, save_checkpoint)
 from .envs import METAWORLD_PAPER_TASKS, METAWORLD_UNSEEN_TASKS, ADROIT_TASKS, get_preset, make_env
 from .data import collect, episode_paths, load_episode
 from .tokenizer import Tokenizer
-from .reward import RewardConfig, DiffusionReward
+from .reward import RewardConfig, DiffusionReward, lookup_stats
 from .quickstart import Stages
 
 # %% auto #0
@@ -132,6 +132,12 @@ def stage_video(cfg:SuiteConfig, data:Path, tokenizer_ckpt:Path, run:Path) -> di
                 train_episodes=len(s.get('data', {}).get('train_paths', [])) or None)
 
 # %% ../nbs/15_suite.ipynb #0b2bb022
+def _stats_before(path:Path, sha:str, key:str, task:str, episodes:int) -> dict|None:
+    "The statistics a stopped run stored for this checkpoint, estimator setting and task, if made from as many episodes."
+    try: entry = lookup_stats(path, sha, key, task)
+    except CheckpointError: return None
+    return entry if entry.get('episodes') == episodes else None
+
 def stage_stats(cfg:SuiteConfig, data:Path, video_ckpt:Path) -> dict:
     "Mean and std of the raw reward on expert videos, per task and estimator, stored beside the checkpoint."
     from diffusion_reward.reward import DiffusionReward, relabel_episodes, stats_entry, update_stats_file, STATS_FILE
@@ -139,10 +145,11 @@ def stage_stats(cfg:SuiteConfig, data:Path, video_ckpt:Path) -> dict:
     for est in dict.fromkeys((cfg.estimator, *cfg.compare)):
         reward = DiffusionReward.from_checkpoint(video_ckpt, standardize=False, estimator=est, seed=cfg.seed)
         for task in (*cfg.train_tasks, *cfg.unseen_tasks):
-            split = 'train' if task in cfg.train_tasks else 'stats'
-            raw = relabel_episodes(reward, episode_paths(data, task=task, policy='expert', split=split), raw=True)
-            entry = stats_entry(list(raw.values()))
-            update_stats_file(video_ckpt.parent/STATS_FILE, sha, reward.cfg.key, task, entry)
+            paths = episode_paths(data, task=task, policy='expert', split='train' if task in cfg.train_tasks else 'stats')
+            entry = _stats_before(video_ckpt.parent/STATS_FILE, sha, reward.cfg.key, task, len(paths))
+            if entry is None:  # a stopped run keeps the tasks it finished
+                entry = stats_entry(list(relabel_episodes(reward, paths, raw=True).values()))
+                update_stats_file(video_ckpt.parent/STATS_FILE, sha, reward.cfg.key, task, entry)
             out.setdefault(est, {})[task] = dict(mean=round(entry['mean'], 4), std=round(entry['std'], 4))
     return out
 

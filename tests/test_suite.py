@@ -77,3 +77,29 @@ def test_another_estimator_rescores_without_retraining(tiny_roots, capsys):
     suite(TINY.replace(compare=('one_pass', 'one_pass_likelihood')), root)
     out = capsys.readouterr().out
     assert '[tokenizer] done before, skipped' in out and '[eval] ...' in out
+
+def test_a_stopped_scoring_stage_resumes_at_the_task_it_stopped(tiny_roots, tmp_path, monkeypatch, capsys):
+    "Statistics and evaluation keep every task they finished: a rerun scores only the rest, to the same numbers."
+    import shutil, diffusion_reward.report as report, diffusion_reward.reward as reward_mod
+    root = tmp_path/'root'; shutil.copytree(tiny_roots[0], root)
+    run = root/'seed0'
+    before, stats_before = load_json(run/'eval.json'), load_json(run/'stages'/'stats.json')
+    for f in ('stages/stats.json', 'stages/eval.json', 'eval.json'): (run/f).unlink()
+    shutil.rmtree(run/'eval_tasks', ignore_errors=True)
+    calls, score, relabel = [], report.evaluate_task, reward_mod.relabel_episodes
+    def stop_at_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2: raise KeyboardInterrupt
+        return score(*a, **k)
+    monkeypatch.setattr(report, 'evaluate_task', stop_at_second)
+    monkeypatch.setattr(reward_mod, 'relabel_episodes', lambda *a, **k: calls.append('stats') or relabel(*a, **k))
+    with pytest.raises(KeyboardInterrupt): run_suite(TINY, root)
+    assert not (run/'eval.json').exists() and 'stats' not in calls   # statistics of every task were kept
+    calls.clear(); capsys.readouterr()
+    monkeypatch.setattr(report, 'evaluate_task', lambda *a, **k: calls.append(1) or score(*a, **k))
+    run_suite(TINY, root)
+    assert len(calls) == 2 and 'scored before with these settings, kept' in capsys.readouterr().out  # 3 tasks, 1 kept
+    after = load_json(run/'eval.json')
+    assert before.pop('video_checkpoint') != after.pop('video_checkpoint') and before == after
+    assert {k: v for k, v in load_json(run/'stages'/'stats.json').items() if k != 'seconds'} == \
+           {k: v for k, v in stats_before.items() if k != 'seconds'}
