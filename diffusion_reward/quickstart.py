@@ -247,7 +247,7 @@ def dr_quickstart(task:str=None, # any MetaWorld 3 task (default: the config's, 
                   estimator:str=None, # judged reward: one_pass_likelihood | one_pass | entropy | likelihood
                   compare:str=None, # estimators scored beside it, comma-separated ('none': no others)
                   seed:int=0, # seed of every stage
-                  threads:int=None, # torch CPU threads (default: all cores)
+                  threads:int=None, # torch CPU threads (default: all cores; give two side-by-side runs 1 each, not both all)
                   guard_minutes:float=None, # safety stop per training stage (default: the preset's)
                  ):
     "Collect expert/random/noisy videos, train tokenizer and video model, standardise and judge the reward."

@@ -19,6 +19,7 @@ from .envs import METAWORLD_PAPER_TASKS, METAWORLD_UNSEEN_TASKS, ADROIT_TASKS, g
 from .data import collect, episode_paths, load_episode
 from .tokenizer import Tokenizer
 from .reward import RewardConfig, DiffusionReward, lookup_stats
+from .video_model import TokenWindows
 from .quickstart import Stages
 
 # %% auto #0
@@ -26,7 +27,7 @@ __all__ = ['REWARD_NAMES', 'METRICS', 'DATA_FIELDS', 'SCORING_FIELDS', 'PRETRAIN
            'dapg_policy_files', 'stage_collect', 'training_episodes', 'stage_tokenizer', 'stage_video', 'stage_stats',
            'stage_eval', 'suite_table', 'suite_targets', 'suite_figure', 'suite_markdown', 'run_suite',
            'summarize_suite', 'suite', 'dr_suite', 'export_pretrained', 'pretrained_names', 'reconstruction_psnr',
-           'suite_tokenizer_psnr']
+           'suite_tokenizer_psnr', 'prediction_accuracy', 'suite_prediction_accuracy']
 
 # %% ../nbs/15_suite.ipynb #91f875c3
 @dataclass
@@ -336,7 +337,7 @@ def dr_suite(domain:str, # metaworld | adroit | tiny (a smoke test)
              tokenizer_steps:int=None, # default: the preset's
              video_steps:int=None, # default: the preset's
              compare:str=None, # rewards scored beside the judged one, comma-separated (default: the preset's)
-             threads:int=None, # torch CPU threads (default: all cores)
+             threads:int=None, # torch CPU threads (default: all cores; give two side-by-side runs 1 each, not both all)
             ):
     "One tokenizer and video model per domain on its training tasks; AUROC on every task, unseen ones zero-shot."
     if threads: torch.set_num_threads(threads)
@@ -419,13 +420,40 @@ def reconstruction_psnr(tok:Tokenizer, episodes:dict, # task -> list of uint8 fr
         out[task] = float(10 * np.log10(255.0 ** 2 / max(((r - f) ** 2).mean(), 1e-10)))
     return out
 
+def _per_finished_seed(cfg:SuiteConfig, root:Path, measure, episodes:int, policies=('expert',)) -> dict:
+    "`measure(run, {task: {policy: frames}})` for every finished seed, per task beside that seed's judged AUROCs."
+    root, out = Path(root), {}
+    eps = {t: {pol: [load_episode(q).frames for q in episode_paths(root/'data'/t, split='test', policy=pol)[:episodes]]
+               for pol in policies} for t in (*cfg.train_tasks, *cfg.unseen_tasks)}  # the same episodes for every seed
+    for run in sorted(p for p in root.glob('seed*') if (p/'eval.json').exists()):
+        ev = load_json(run/'eval.json')['tasks']
+        for t, v in measure(run, eps).items():
+            out.setdefault(t, {})[int(run.name[4:])] = dict(**v, **{m: ev[t]['learned'][m] for m in METRICS})
+    return out
+
 def suite_tokenizer_psnr(cfg:SuiteConfig, root:str|Path, episodes:int=4) -> dict: # task -> seed -> numbers
     "Each finished seed's tokenizer PSNR on `episodes` held-out experts per task, beside its judged AUROCs."
-    root, out = Path(root), {}
-    for run in sorted(p for p in root.glob('seed*') if (p/'eval.json').exists()):
-        tok, ev = Tokenizer.from_checkpoint(run/'tokenizer'/'best.pt', device='cpu'), load_json(run/'eval.json')['tasks']
-        eps = {t: [load_episode(q).frames for q in episode_paths(root/'data'/t, split='test', policy='expert')[:episodes]]
-               for t in (*cfg.train_tasks, *cfg.unseen_tasks)}
-        for t, v in reconstruction_psnr(tok, eps).items():
-            out.setdefault(t, {})[int(run.name[4:])] = dict(psnr=v, **{m: ev[t]['learned'][m] for m in METRICS})
+    def psnr(run, eps):
+        tok = Tokenizer.from_checkpoint(run/'tokenizer'/'best.pt', device='cpu')
+        return {t: dict(psnr=v) for t, v in reconstruction_psnr(tok, {t: e['expert'] for t, e in eps.items()}).items()}
+    return _per_finished_seed(cfg, root, psnr, episodes)
+
+# %% ../nbs/15_suite.ipynb #0d1ef7ab
+def prediction_accuracy(reward:DiffusionReward, episodes:dict, # kind -> list of uint8 frame arrays (T, H, W, 3)
+                       ) -> dict: # kind -> {x0_nll, acc_allmask, acc_copy_last, acc_changed, bound}
+    "The video model's next-frame prediction on every window of each kind's episodes (`evaluate_video_model`)."
+    from diffusion_reward.video_train import evaluate_video_model
+    m, out = reward.model, {}
+    for kind, eps in episodes.items():
+        w = TokenWindows([reward.tokenize(f).cpu().numpy() for f in eps], m.cfg.num_cond_frames, m.cfg.grid,
+                         m.cfg.num_codes)
+        out[kind] = evaluate_video_model(m, w, n_windows=len(w))
     return out
+
+def suite_prediction_accuracy(cfg:SuiteConfig, root:str|Path, episodes:int=4) -> dict: # task -> seed -> numbers
+    "Each finished seed's `prediction_accuracy` on `episodes` held-out expert and random episodes per task."
+    def acc(run, eps):
+        r = DiffusionReward.from_checkpoint(run/'video'/'video_model.pt', standardize=False)
+        return {t: {f'{kind}_{k}': v for kind, d in prediction_accuracy(r, e).items() for k, v in d.items()}
+                for t, e in eps.items()}
+    return _per_finished_seed(cfg, root, acc, episodes, ('expert', 'random'))

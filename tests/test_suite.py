@@ -4,7 +4,8 @@ import pytest
 from diffusion_reward.core import DataError, load_json, load_checkpoint
 from diffusion_reward.data import collect, load_episode
 from diffusion_reward.evaluate import auroc
-from diffusion_reward.suite import SuiteConfig, suite, run_suite, pretrained_names
+from diffusion_reward.suite import (SuiteConfig, suite, run_suite, pretrained_names, suite_tokenizer_psnr,
+                                    suite_prediction_accuracy)
 from diffusion_reward.reward import DiffusionReward
 
 TINY = SuiteConfig.preset('tiny')
@@ -103,3 +104,17 @@ def test_a_stopped_scoring_stage_resumes_at_the_task_it_stopped(tiny_roots, tmp_
     assert before.pop('video_checkpoint') != after.pop('video_checkpoint') and before == after
     assert {k: v for k, v in load_json(run/'stages'/'stats.json').items() if k != 'seconds'} == \
            {k: v for k, v in stats_before.items() if k != 'seconds'}
+
+def test_what_limits_it_is_measured_per_task_and_seed(tiny_roots):
+    "The tokenizer's PSNR and the video model's prediction on held-out episodes, beside each seed's judged AUROCs."
+    ev = load_json(tiny_roots[0]/'seed0'/'eval.json')['tasks']
+    psnr, pred = suite_tokenizer_psnr(TINY, tiny_roots[0], 2), suite_prediction_accuracy(TINY, tiny_roots[0], 2)
+    assert set(psnr) == set(pred) == set(ev)
+    for t, seeds in pred.items():
+        p = seeds[0]
+        judged = ev[t]['learned']['auroc_expert_vs_random']
+        assert p['auroc_expert_vs_random'] == psnr[t][0]['auroc_expert_vs_random'] == judged
+        assert 5 < psnr[t][0]['psnr'] < 60 and p['expert_x0_nll'] > 0 and p['random_x0_nll'] > 0
+        for kind in ('expert', 'random'):
+            assert 0 <= p[f'{kind}_acc_changed'] <= 1 and 0 <= p[f'{kind}_acc_allmask'] <= 1
+        assert p['expert_acc_copy_last'] != p['random_acc_copy_last'] or p['expert_x0_nll'] != p['random_x0_nll']
