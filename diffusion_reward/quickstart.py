@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_quickstart.ipynb #d8e87e15
 from __future__ import annotations
-import time, platform, os, warnings
+import json, time, platform, os, warnings
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +15,12 @@ from .core import (Config, seed_everything, save_json, load_json, atomic_write, 
                                    file_sha256)
 from .envs import get_preset, contact_sheet, make_env
 from .data import collect, find_episodes, load_episode, episode_paths
-from .reward import RewardConfig
+from .reward import RewardConfig, STATS_FILE
 
 # %% auto #0
-__all__ = ['SCORING_FIELDS', 'QuickstartConfig', 'collection_plan', 'Stages', 'stage_collect', 'stage_preview', 'stage_tokenizer',
-           'stage_video', 'stage_stats', 'stage_eval', 'write_report', 'load_json_roundtrip', 'quickstart',
-           'dr_quickstart']
+__all__ = ['SCORING_FIELDS', 'CONTINUING_FIELDS', 'QuickstartConfig', 'collection_plan', 'Stages', 'stage_collect',
+           'stage_preview', 'stage_tokenizer', 'stage_video', 'stage_stats', 'stage_eval', 'write_report',
+           'load_json_roundtrip', 'stages_to_redo', 'forget_stages', 'quickstart', 'dr_quickstart']
 
 # %% ../nbs/13_quickstart.ipynb #a326d25d
 @dataclass
@@ -199,26 +199,38 @@ def write_report(cfg:QuickstartConfig, results:dict, out:Path) -> str:
 
 # %% ../nbs/13_quickstart.ipynb #2f781e1f
 SCORING_FIELDS = ('estimator', 'compare')  # changing only these re-scores the trained models
+CONTINUING_FIELDS = ('video_steps',)       # raising it trains the video model on: its learning rate is constant after warm-up
 
 def load_json_roundtrip(cfg:Config) -> dict:
     "The config as it reads back from JSON (tuples become lists)."
-    import json
     return json.loads(json.dumps(cfg.to_dict()))
 
+def stages_to_redo(path:Path, new:dict) -> list[str]:
+    "Stages a run stored with config `path` redoes for config `new` (re-scoring, or more video steps); else refuses."
+    if not path.exists(): return []
+    old, new = load_json(path), json.loads(json.dumps(new))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if set(changed) - set(SCORING_FIELDS) - set(CONTINUING_FIELDS):
+        raise ValueError(f"{path}: holds another configuration ({', '.join(changed)} differ); use another --out")
+    for k in set(changed) & set(CONTINUING_FIELDS):
+        if new[k] < old[k]: raise ValueError(f'{path}: {k} can only grow here ({old[k]} -> {new[k]}); use another --out')
+    if not changed: return []
+    more = 'video_steps' in changed
+    print(f"{', '.join(changed)} changed: {'training the video model on' if more else 're-scoring the trained models'}")
+    return ['video', 'stats', 'eval'] if more else ['stats', 'eval']
+
+def forget_stages(st:Stages, names:list, video_dir:Path):
+    "Unlink these stages' records so they run again; a video model trained on drops its old weights' statistics."
+    for name in names: (st.dir/f'{name}.json').unlink(missing_ok=True)
+    if 'video' in names: (video_dir/STATS_FILE).unlink(missing_ok=True)
+
 def _check_config(cfg:QuickstartConfig, out:Path, st:Stages):
-    "Refuse a folder holding another run; on a change of scoring fields only, forget the stats and eval stages."
-    path = out/'config.json'
-    if not path.exists(): return
-    old, new = load_json(path), load_json_roundtrip(cfg)
-    changed = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
-    if changed - set(SCORING_FIELDS):
-        raise ValueError(f'{out} holds a run with another configuration ({path}: {", ".join(sorted(changed))} '
-                         'differ); use another --out')
+    "Refuse a folder holding another run; forget the stages a new estimator or more video steps make stale."
+    redo = stages_to_redo(out/'config.json', cfg.to_dict())
     # an older version's evaluation record
-    stale_eval = st.done('eval') and not {'rows', 'auroc_by_kind'} <= set(load_json(st.dir/'eval.json'))
-    if changed or stale_eval:
-        print(f'{", ".join(sorted(changed)) or "evaluation record format"} changed: re-scoring the trained models')
-        for name in ('stats', 'eval'): (st.dir/f'{name}.json').unlink(missing_ok=True)
+    if not redo and st.done('eval') and not {'rows', 'auroc_by_kind'} <= set(load_json(st.dir/'eval.json')):
+        print('evaluation record format changed: re-scoring the trained models'); redo = ['stats', 'eval']
+    forget_stages(st, redo, out/'video')
 
 # %% ../nbs/13_quickstart.ipynb #b9a488b9
 def quickstart(cfg:QuickstartConfig, out:str|Path) -> dict:
@@ -248,12 +260,14 @@ def dr_quickstart(task:str=None, # any MetaWorld 3 task (default: the config's, 
                   compare:str=None, # estimators scored beside it, comma-separated ('none': no others)
                   seed:int=0, # seed of every stage
                   threads:int=None, # torch CPU threads (default: all cores; give two side-by-side runs 1 each, not both all)
+                  video_steps:int=None, # default: the preset's; more than a finished run's trains its video model on
                   guard_minutes:float=None, # safety stop per training stage (default: the preset's)
                  ):
     "Collect expert/random/noisy videos, train tokenizer and video model, standardise and judge the reward."
     if threads: torch.set_num_threads(threads)
     over = dict(seed=seed) | (dict(task=task) if task else {}) | (dict(estimator=estimator) if estimator else {})
     if guard_minutes: over['guard_minutes'] = guard_minutes
+    if video_steps: over['video_steps'] = video_steps
     if compare: over['compare'] = () if compare == 'none' else tuple(e.strip() for e in compare.split(',') if e.strip())
     out = Path(out)
     quickstart(QuickstartConfig.preset(preset, **over), out)

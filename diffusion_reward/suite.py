@@ -20,14 +20,14 @@ from .data import collect, episode_paths, load_episode
 from .tokenizer import Tokenizer
 from .reward import RewardConfig, DiffusionReward, lookup_stats
 from .video_model import TokenWindows
-from .quickstart import Stages
+from .quickstart import Stages, stages_to_redo, forget_stages
 
 # %% auto #0
-__all__ = ['REWARD_NAMES', 'METRICS', 'DATA_FIELDS', 'SCORING_FIELDS', 'PRETRAINED_DIR', 'SuiteConfig', 'suite_plan',
-           'dapg_policy_files', 'stage_collect', 'training_episodes', 'stage_tokenizer', 'stage_video', 'stage_stats',
-           'stage_eval', 'suite_table', 'suite_targets', 'suite_figure', 'suite_markdown', 'run_suite',
-           'summarize_suite', 'suite', 'dr_suite', 'export_pretrained', 'pretrained_names', 'reconstruction_psnr',
-           'suite_tokenizer_psnr', 'prediction_accuracy', 'suite_prediction_accuracy']
+__all__ = ['REWARD_NAMES', 'METRICS', 'DATA_FIELDS', 'PRETRAINED_DIR', 'SuiteConfig', 'suite_plan', 'dapg_policy_files',
+           'stage_collect', 'training_episodes', 'stage_tokenizer', 'stage_video', 'stage_stats', 'stage_eval',
+           'suite_table', 'suite_targets', 'suite_figure', 'suite_markdown', 'run_suite', 'summarize_suite', 'suite',
+           'dr_suite', 'export_pretrained', 'pretrained_names', 'reconstruction_psnr', 'suite_tokenizer_psnr',
+           'prediction_accuracy', 'suite_prediction_accuracy']
 
 # %% ../nbs/15_suite.ipynb #91f875c3
 @dataclass
@@ -255,31 +255,18 @@ def suite_markdown(rows:list[dict], targets:dict, header:list[str]) -> str:
 DATA_FIELDS = ('domain', 'train_tasks', 'unseen_tasks', 'train_episodes', 'test_episodes', 'random_episodes',
                'noisy_levels', 'noisy_episodes', 'stats_episodes', 'episode_steps', 'data_seed')
 
-SCORING_FIELDS = ('estimator', 'compare')  # changing only these re-scores a seed's trained models
-
-def _same_or_new(path:Path, d:dict, rescore:tuple=()) -> bool:
-    "Write `d` to `path`, or refuse when the file holds other values; True when only `rescore` fields changed."
-    import json
-    d = json.loads(json.dumps(d))  # tuples read back as lists
-    old = load_json(path) if path.exists() else d
-    changed = sorted(k for k in d.keys() | old.keys() if old.get(k) != d.get(k))
-    if set(changed) - set(rescore):
-        raise ValueError(f"{path}: holds another configuration ({', '.join(changed)} differ); use another --out")
-    save_json(d, path)
-    return bool(changed)
-
 def run_suite(cfg:SuiteConfig, root:str|Path, expert_dir=None) -> dict:
     "Run (or resume) one seed of a domain suite under `root`; returns every stage's result."
     root = Path(root); data, run = root/'data', root/f'seed{cfg.seed}'
     for t in (*cfg.train_tasks, *cfg.unseen_tasks): get_preset(t)  # unknown task: fail before any work
     for e in (cfg.estimator, *cfg.compare): RewardConfig(estimator=e)
     if cfg.domain == 'adroit': dapg_policy_files(cfg.train_tasks, expert_dir)
-    _same_or_new(root/'data_config.json', {k: getattr(cfg, k) for k in DATA_FIELDS})
-    if _same_or_new(run/'config.json', cfg.to_dict(), SCORING_FIELDS):  # a new estimator: score again
-        for name in ('stats', 'eval'): (run/'stages'/f'{name}.json').unlink(missing_ok=True)
+    data_cfg, st = {k: getattr(cfg, k) for k in DATA_FIELDS}, Stages(run)
+    stages_to_redo(root/'data_config.json', data_cfg)  # episodes never change in a folder
+    forget_stages(st, stages_to_redo(run/'config.json', cfg.to_dict()), run/'video')
+    save_json(data_cfg, root/'data_config.json'); save_json(cfg.to_dict(), run/'config.json')
     seed_everything(cfg.seed)
     r = dict(collect=Stages(root).run('collect', lambda: stage_collect(cfg, data, expert_dir)))
-    st = Stages(run)
     threads = dict(threads=torch.get_num_threads())  # another thread count trains another path: recorded
     r['tokenizer'] = st.run('tokenizer', lambda: stage_tokenizer(cfg, data, run/'tokenizer') | threads)
     r['video'] = st.run('video', lambda: stage_video(cfg, data, run/'tokenizer'/'best.pt', run/'video') | threads)
@@ -335,7 +322,7 @@ def dr_suite(domain:str, # metaworld | adroit | tiny (a smoke test)
              seeds:str='0', # training seeds, comma-separated, run one after another
              expert_dir:str=None, # adroit: the folder holding door-v0.pickle, hammer-v0.pickle, pen-v0.pickle
              tokenizer_steps:int=None, # default: the preset's
-             video_steps:int=None, # default: the preset's
+             video_steps:int=None, # default: the preset's; more than a finished seed's trains its video model on
              compare:str=None, # rewards scored beside the judged one, comma-separated (default: the preset's)
              threads:int=None, # torch CPU threads (default: all cores; give two side-by-side runs 1 each, not both all)
             ):

@@ -118,3 +118,17 @@ def test_what_limits_it_is_measured_per_task_and_seed(tiny_roots):
         for kind in ('expert', 'random'):
             assert 0 <= p[f'{kind}_acc_changed'] <= 1 and 0 <= p[f'{kind}_acc_allmask'] <= 1
         assert p['expert_acc_copy_last'] != p['random_acc_copy_last'] or p['expert_x0_nll'] != p['random_x0_nll']
+
+def test_more_video_steps_train_the_stored_model_on(tiny_roots, tmp_path, capsys):
+    "Raising video_steps continues a finished seed's video model: the numbers of training that long at once."
+    import shutil
+    root, more = tmp_path/'more', TINY.replace(video_steps=TINY.video_steps + 4)
+    shutil.copytree(tiny_roots[0], root)
+    run_suite(more, root)
+    out = capsys.readouterr().out
+    assert 'video_steps changed: training the video model on' in out and '[tokenizer] done before, skipped' in out
+    summary = load_json(root/'seed0'/'video'/'summary.json')
+    assert (summary['resumed_from'], summary['steps']) == (TINY.video_steps, more.video_steps)
+    run_suite(more, tmp_path/'fresh')
+    assert _numbers(load_json(root/'seed0'/'eval.json')) == _numbers(load_json(tmp_path/'fresh'/'seed0'/'eval.json'))
+    with pytest.raises(ValueError, match=r'video_steps can only grow here \(10 -> 6\)'): run_suite(TINY, root)
