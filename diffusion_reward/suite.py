@@ -130,7 +130,7 @@ def stage_video(cfg:SuiteConfig, data:Path, tokenizer_ckpt:Path, run:Path) -> di
                                   heldout=files('test'), policy='expert', resume=(run/'checkpoint.pt').exists(),
                                   seed=cfg.seed)
     return dict(steps=s.get('steps'), num_params=s.get('num_params'), heldout=s.get('eval_last') or {},
-                train_episodes=len(s.get('data', {}).get('train_paths', [])) or None)
+                train_episodes=(s.get('data_summary') or {}).get('train_episodes'))
 
 # %% ../nbs/15_suite.ipynb #0b2bb022
 def _stats_before(path:Path, sha:str, key:str, task:str, episodes:int) -> dict|None:

@@ -35,6 +35,7 @@ def test_no_video_of_an_unseen_task_reaches_training(tiny_roots):
     assert trained and all(any(f'/{t}/' in p for t in TINY.train_tasks) for p in trained)
     assert not any(f'/{t}/' in p for p in trained for t in TINY.unseen_tasks)
     assert all(load_episode(p).meta['policy'] == 'expert' for p in trained)
+    assert load_json(run/'stages'/'video.json')['train_episodes'] == len(TINY.train_tasks) * TINY.train_episodes
 
 def test_rerun_resumes_and_report_names_targets(tiny_roots, capsys):
     before = load_json(tiny_roots[0]/'seed0'/'eval.json')
