@@ -14,8 +14,8 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['DataError', 'CheckpointError', 'seed_everything', 'get_device', 'machine_info', 'atomic_write', 'save_json',
-           'load_json', 'save_checkpoint', 'load_checkpoint', 'rng_state', 'set_rng_state', 'DistInfo',
-           'setup_distributed', 'teardown_distributed', 'file_sha256', 'Config', 'progress', 'MetricLog',
+           'load_json', 'json_roundtrip', 'save_checkpoint', 'load_checkpoint', 'rng_state', 'set_rng_state',
+           'DistInfo', 'setup_distributed', 'teardown_distributed', 'file_sha256', 'Config', 'progress', 'MetricLog',
            'package_versions']
 
 # %% ../nbs/00_core.ipynb #42e1dc78
@@ -103,6 +103,10 @@ def load_json(path:str|Path):
     if not path.exists(): raise DataError(path, 'file does not exist')
     try: return json.loads(path.read_text())
     except json.JSONDecodeError as e: raise DataError(path, f'not valid JSON ({e})') from None
+
+def json_roundtrip(obj):
+    "`obj` as `save_json` and `load_json` give it back (tuples become lists): what a stored record compares with."
+    return json.loads(json.dumps(obj, default=_json_default))
 
 # %% ../nbs/00_core.ipynb #15fac7f2
 def save_checkpoint(obj:dict, path:str|Path):

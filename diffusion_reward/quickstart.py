@@ -4,14 +4,14 @@
 
 # %% ../nbs/13_quickstart.ipynb #d8e87e15
 from __future__ import annotations
-import json, time, platform, os, warnings
+import time, platform, os, warnings
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import torch
 from fastcore.script import call_parse
-from .core import (Config, seed_everything, save_json, load_json, atomic_write, progress,
+from .core import (Config, seed_everything, save_json, load_json, json_roundtrip, atomic_write, progress,
                                    file_sha256)
 from .envs import get_preset, contact_sheet, make_env
 from .data import collect, find_episodes, load_episode, episode_paths
@@ -20,7 +20,7 @@ from .reward import RewardConfig, STATS_FILE
 # %% auto #0
 __all__ = ['SCORING_FIELDS', 'CONTINUING_FIELDS', 'QuickstartConfig', 'collection_plan', 'Stages', 'stage_collect',
            'stage_preview', 'stage_tokenizer', 'stage_video', 'stage_stats', 'stage_eval', 'write_report',
-           'load_json_roundtrip', 'stages_to_redo', 'forget_stages', 'quickstart', 'dr_quickstart']
+           'stages_to_redo', 'forget_stages', 'quickstart', 'dr_quickstart']
 
 # %% ../nbs/13_quickstart.ipynb #a326d25d
 @dataclass
@@ -199,23 +199,20 @@ def write_report(cfg:QuickstartConfig, results:dict, out:Path) -> str:
 
 # %% ../nbs/13_quickstart.ipynb #2f781e1f
 SCORING_FIELDS = ('estimator', 'compare')  # changing only these re-scores the trained models
-CONTINUING_FIELDS = ('video_steps',)       # raising it trains the video model on: its learning rate is constant after warm-up
-
-def load_json_roundtrip(cfg:Config) -> dict:
-    "The config as it reads back from JSON (tuples become lists)."
-    return json.loads(json.dumps(cfg.to_dict()))
+CONTINUING_FIELDS = ('video_steps',)       # raising it trains the video model on (constant learning rate after warm-up)
 
 def stages_to_redo(path:Path, new:dict) -> list[str]:
     "Stages a run stored with config `path` redoes for config `new` (re-scoring, or more video steps); else refuses."
     if not path.exists(): return []
-    old, new = load_json(path), json.loads(json.dumps(new))
+    old, new = load_json(path), json_roundtrip(new)
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if set(changed) - set(SCORING_FIELDS) - set(CONTINUING_FIELDS):
         raise ValueError(f"{path}: holds another configuration ({', '.join(changed)} differ); use another --out")
     for k in set(changed) & set(CONTINUING_FIELDS):
-        if new[k] < old[k]: raise ValueError(f'{path}: {k} can only grow here ({old[k]} -> {new[k]}); use another --out')
+        if new[k] < old[k]:
+            raise ValueError(f'{path}: {k} can only grow here ({old[k]} -> {new[k]}); use another --out')
     if not changed: return []
-    more = 'video_steps' in changed
+    more = bool(set(changed) & set(CONTINUING_FIELDS))
     print(f"{', '.join(changed)} changed: {'training the video model on' if more else 're-scoring the trained models'}")
     return ['video', 'stats', 'eval'] if more else ['stats', 'eval']
 
@@ -259,7 +256,7 @@ def dr_quickstart(task:str=None, # any MetaWorld 3 task (default: the config's, 
                   estimator:str=None, # judged reward: one_pass_likelihood | one_pass | entropy | likelihood
                   compare:str=None, # estimators scored beside it, comma-separated ('none': no others)
                   seed:int=0, # seed of every stage
-                  threads:int=None, # torch CPU threads (default: all cores; give two side-by-side runs 1 each, not both all)
+                  threads:int=None, # torch CPU threads (default: all cores; 1 each for two runs side by side)
                   video_steps:int=None, # default: the preset's; more than a finished run's trains its video model on
                   guard_minutes:float=None, # safety stop per training stage (default: the preset's)
                  ):

@@ -4,13 +4,12 @@
 
 # %% ../nbs/12_report.ipynb #49aadac6
 from __future__ import annotations
-import json
 from pathlib import Path
 import numpy as np
 import torch
 from fastcore.script import call_parse
-from .core import (DataError, CheckpointError, save_json, load_json, seed_everything, progress, get_device,
-                                   file_sha256)
+from .core import (DataError, CheckpointError, save_json, load_json, json_roundtrip, seed_everything,
+                                   progress, get_device, file_sha256)
 from .data import find_episodes, load_episode, policy_tag
 from .evaluate import discrimination_report, frame_change_reward
 from .reward import (DiffusionReward, RewardConfig, score_token_episodes, check_frames, lookup_stats,
@@ -131,7 +130,7 @@ def _scored_before(part:Path, key:dict) -> dict|None:
     "The entry a stopped run stored for this task, if it was scored with exactly these settings and episodes."
     if not part.exists(): return None
     old = load_json(part)
-    return old['entry'] if old.get('key') == json.loads(json.dumps(key, default=str)) else None
+    return old['entry'] if old.get('key') == json_roundtrip(key) else None
 
 # %% ../nbs/12_report.ipynb #4bd58f1d
 def run_eval(video_ckpt:str|Path, data:str, out:str|Path, tasks:list|None=None, expert_split:str|None='test',

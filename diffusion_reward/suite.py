@@ -324,7 +324,7 @@ def dr_suite(domain:str, # metaworld | adroit | tiny (a smoke test)
              tokenizer_steps:int=None, # default: the preset's
              video_steps:int=None, # default: the preset's; more than a finished seed's trains its video model on
              compare:str=None, # rewards scored beside the judged one, comma-separated (default: the preset's)
-             threads:int=None, # torch CPU threads (default: all cores; give two side-by-side runs 1 each, not both all)
+             threads:int=None, # torch CPU threads (default: all cores; 1 each for two runs side by side)
             ):
     "One tokenizer and video model per domain on its training tasks; AUROC on every task, unseen ones zero-shot."
     if threads: torch.set_num_threads(threads)
