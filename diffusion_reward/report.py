@@ -151,9 +151,10 @@ def run_eval(video_ckpt:str|Path, data:str, out:str|Path, tasks:list|None=None, 
                   standardized=standardize, tasks={})
     for task, (groups, stats) in plan.items():
         part = out/'eval_tasks'/f'{task}.json'  # a stopped run keeps the tasks it finished
-        key = dict(video_sha256=sha, tokenizer=tokenizer and str(tokenizer), estimator=result['estimator'],
+        files = {g: [file_sha256(p) for p in ps] for g, ps in groups.items()}  # content: a moved folder keeps them
+        key = dict(video_sha256=sha, tokenizer=tokenizer and file_sha256(tokenizer), estimator=result['estimator'],
                    compare=compare, seed=seed, stats=stats, device=str(reward.model.device),
-                   precision=reward.precision, groups=groups)
+                   precision=reward.precision, groups=files)
         entry = _scored_before(part, key)
         if entry is None:
             entry = _score_task(reward, task, groups, stats, compare, out/'plots')

@@ -105,6 +105,12 @@ def test_a_stopped_scoring_stage_resumes_at_the_task_it_stopped(tiny_roots, tmp_
     assert before.pop('video_checkpoint') != after.pop('video_checkpoint') and before == after
     assert {k: v for k, v in load_json(run/'stages'/'stats.json').items() if k != 'seconds'} == \
            {k: v for k, v in stats_before.items() if k != 'seconds'}
+    moved = tmp_path/'moved'; shutil.move(root, moved)  # scores are keyed by content: moving the folder keeps them
+    for f in ('stages/eval.json', 'eval.json'): (moved/'seed0'/f).unlink()
+    calls.clear(); capsys.readouterr()
+    run_suite(TINY, moved)
+    assert calls == [] and capsys.readouterr().out.count('scored before with these settings, kept') == 3
+    assert load_json(moved/'seed0'/'eval.json')['tasks'] == after['tasks']
 
 def test_what_limits_it_is_measured_per_task_and_seed(tiny_roots):
     "The tokenizer's PSNR and the video model's prediction on held-out episodes, beside each seed's judged AUROCs."
