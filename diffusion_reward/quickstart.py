@@ -71,7 +71,8 @@ class Stages:
             print(f'[{name}] done before, skipped'); return load_json(self.dir/f'{name}.json')
         print(f'[{name}] ...', flush=True)
         t0 = time.time()
-        res = dict(fn() or {}, seconds=round(time.time() - t0, 1))
+        # another torch thread count sums in another order, so trains and scores other numbers: recorded
+        res = dict(fn() or {}, threads=torch.get_num_threads(), seconds=round(time.time() - t0, 1))
         save_json(res, self.dir/f'{name}.json')
         print(f'[{name}] finished in {res["seconds"]:.0f} s', flush=True)
         return res

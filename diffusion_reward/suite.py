@@ -267,9 +267,8 @@ def run_suite(cfg:SuiteConfig, root:str|Path, expert_dir=None) -> dict:
     save_json(data_cfg, root/'data_config.json'); save_json(cfg.to_dict(), run/'config.json')
     seed_everything(cfg.seed)
     r = dict(collect=Stages(root).run('collect', lambda: stage_collect(cfg, data, expert_dir)))
-    threads = dict(threads=torch.get_num_threads())  # another thread count trains another path: recorded
-    r['tokenizer'] = st.run('tokenizer', lambda: stage_tokenizer(cfg, data, run/'tokenizer') | threads)
-    r['video'] = st.run('video', lambda: stage_video(cfg, data, run/'tokenizer'/'best.pt', run/'video') | threads)
+    r['tokenizer'] = st.run('tokenizer', lambda: stage_tokenizer(cfg, data, run/'tokenizer'))
+    r['video'] = st.run('video', lambda: stage_video(cfg, data, run/'tokenizer'/'best.pt', run/'video'))
     r['stats'] = st.run('stats', lambda: stage_stats(cfg, data, run/'video'/'video_model.pt'))
     r['eval'] = st.run('eval', lambda: stage_eval(cfg, data, run/'video'/'video_model.pt', run) | dict(commit=_commit()))
     return r
