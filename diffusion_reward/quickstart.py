@@ -202,10 +202,11 @@ def write_report(cfg:QuickstartConfig, results:dict, out:Path) -> str:
 SCORING_FIELDS = ('estimator', 'compare')  # changing only these re-scores the trained models
 CONTINUING_FIELDS = ('video_steps',)       # raising it trains the video model on (constant learning rate after warm-up)
 
-def stages_to_redo(path:Path, new:dict) -> list[str]:
+def stages_to_redo(path:Path, new:dict, defaults:dict|None=None) -> list[str]:
     "Stages a run stored with config `path` redoes for config `new` (re-scoring, or more video steps); else refuses."
     if not path.exists(): return []
-    old, new = load_json(path), json_roundtrip(new)
+    # a field added since the run was stored holds its default there: old folders stay resumable
+    old, new = json_roundtrip(defaults or {}) | load_json(path), json_roundtrip(new)
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if set(changed) - set(SCORING_FIELDS) - set(CONTINUING_FIELDS):
         raise ValueError(f"{path}: holds another configuration ({', '.join(changed)} differ); use another --out")
@@ -224,7 +225,7 @@ def forget_stages(st:Stages, names:list, video_dir:Path):
 
 def _check_config(cfg:QuickstartConfig, out:Path, st:Stages):
     "Refuse a folder holding another run; forget the stages a new estimator or more video steps make stale."
-    redo = stages_to_redo(out/'config.json', cfg.to_dict())
+    redo = stages_to_redo(out/'config.json', cfg.to_dict(), QuickstartConfig().to_dict())
     # an older version's evaluation record
     if not redo and st.done('eval') and not {'rows', 'auroc_by_kind'} <= set(load_json(st.dir/'eval.json')):
         print('evaluation record format changed: re-scoring the trained models'); redo = ['stats', 'eval']

@@ -23,11 +23,11 @@ from .video_model import TokenWindows
 from .quickstart import Stages, stages_to_redo, forget_stages
 
 # %% auto #0
-__all__ = ['REWARD_NAMES', 'METRICS', 'DATA_FIELDS', 'PRETRAINED_DIR', 'SuiteConfig', 'suite_plan', 'dapg_policy_files',
-           'stage_collect', 'training_episodes', 'stage_tokenizer', 'stage_video', 'stage_stats', 'stage_eval',
-           'suite_table', 'suite_targets', 'suite_figure', 'suite_markdown', 'run_suite', 'summarize_suite', 'suite',
-           'dr_suite', 'suite_command', 'export_pretrained', 'pretrained_names', 'reconstruction_psnr',
-           'suite_tokenizer_psnr', 'prediction_accuracy', 'suite_prediction_accuracy']
+__all__ = ['REWARD_NAMES', 'METRICS', 'DATA_FIELDS', 'SUITE_OPTIONS', 'PRETRAINED_DIR', 'SuiteConfig', 'suite_plan',
+           'dapg_policy_files', 'stage_collect', 'training_episodes', 'stage_tokenizer', 'stage_video', 'stage_stats',
+           'stage_eval', 'suite_table', 'suite_targets', 'suite_figure', 'suite_markdown', 'run_suite',
+           'summarize_suite', 'suite', 'dr_suite', 'suite_command', 'export_pretrained', 'pretrained_names',
+           'reconstruction_psnr', 'suite_tokenizer_psnr', 'prediction_accuracy', 'suite_prediction_accuracy']
 
 # %% ../nbs/15_suite.ipynb #91f875c3
 @dataclass
@@ -47,6 +47,7 @@ class SuiteConfig(Config):
     tokenizer_steps:int = 3000
     video_preset:str = 'small'
     video_steps:int = 3000
+    cond_frames:int = 2                      # k history frames the video model reads (the paper's 2)
     estimator:str = 'one_pass_likelihood'    # the reward judged
     compare:tuple = ('one_pass',)            # the paper's entropy, same model; 'entropy' adds its 11-call chain
     data_seed:int = 0                        # seeds the collected episodes
@@ -126,9 +127,9 @@ def stage_video(cfg:SuiteConfig, data:Path, tokenizer_ckpt:Path, run:Path) -> di
     "One video model on the same videos, through the frozen tokenizer (resumes an interrupted run)."
     from diffusion_reward.video_train import train_video_from_episodes
     files = lambda split: ','.join(str(p) for p in training_episodes(cfg, data, split))
-    s = train_video_from_episodes(files('train'), tokenizer_ckpt, run, preset=cfg.video_preset, steps=cfg.video_steps,
-                                  heldout=files('test'), policy='expert', resume=(run/'checkpoint.pt').exists(),
-                                  seed=cfg.seed)
+    s = train_video_from_episodes(files('train'), tokenizer_ckpt, run, preset=cfg.video_preset, k=cfg.cond_frames,
+                                  steps=cfg.video_steps, heldout=files('test'), policy='expert',
+                                  resume=(run/'checkpoint.pt').exists(), seed=cfg.seed)
     return dict(steps=s.get('steps'), num_params=s.get('num_params'), heldout=s.get('eval_last') or {},
                 train_episodes=(s.get('data_summary') or {}).get('train_episodes'))
 
@@ -260,10 +261,11 @@ def run_suite(cfg:SuiteConfig, root:str|Path, expert_dir=None) -> dict:
     root = Path(root); data, run = root/'data', root/f'seed{cfg.seed}'
     for t in (*cfg.train_tasks, *cfg.unseen_tasks): get_preset(t)  # unknown task: fail before any work
     for e in (cfg.estimator, *cfg.compare): RewardConfig(estimator=e)
+    if cfg.cond_frames < 1: raise ValueError(f'cond_frames must be >= 1, got {cfg.cond_frames}')
     if cfg.domain == 'adroit': dapg_policy_files(cfg.train_tasks, expert_dir)
     data_cfg, st = {k: getattr(cfg, k) for k in DATA_FIELDS}, Stages(run)
     stages_to_redo(root/'data_config.json', data_cfg)  # episodes never change in a folder
-    forget_stages(st, stages_to_redo(run/'config.json', cfg.to_dict()), run/'video')
+    forget_stages(st, stages_to_redo(run/'config.json', cfg.to_dict(), SuiteConfig().to_dict()), run/'video')
     save_json(data_cfg, root/'data_config.json'); save_json(cfg.to_dict(), run/'config.json')
     seed_everything(cfg.seed)
     r = dict(collect=Stages(root).run('collect', lambda: stage_collect(cfg, data, expert_dir)))
@@ -315,6 +317,8 @@ def suite(cfg:SuiteConfig, root:str|Path, seeds=(0,), # training seeds, run one 
     for s in seeds: run_suite(cfg.replace(seed=s), root, expert_dir)
     return summarize_suite(cfg, root)
 
+SUITE_OPTIONS = ('tokenizer_steps', 'video_steps', 'cond_frames', 'compare')  # what dr_suite may change in a preset
+
 @call_parse
 def dr_suite(domain:str, # metaworld | adroit | tiny (a smoke test)
              out:str=None, # root folder (default runs/suite_<domain>); a rerun resumes it
@@ -322,13 +326,15 @@ def dr_suite(domain:str, # metaworld | adroit | tiny (a smoke test)
              expert_dir:str=None, # adroit: the folder holding door-v0.pickle, hammer-v0.pickle, pen-v0.pickle
              tokenizer_steps:int=None, # default: the preset's
              video_steps:int=None, # default: the preset's; more than a finished seed's trains its video model on
+             cond_frames:int=None, # history frames the video model reads (default: the preset's)
              compare:str=None, # rewards scored beside the judged one, comma-separated (default: the preset's)
              threads:int=None, # torch CPU threads (default: all cores; 1 each for two runs side by side)
             ):
     "One tokenizer and video model per domain on its training tasks; AUROC on every task, unseen ones zero-shot."
     if threads: torch.set_num_threads(threads)
-    over = {k: v for k, v in dict(tokenizer_steps=tokenizer_steps, video_steps=video_steps).items() if v is not None}
-    if compare is not None: over['compare'] = tuple(x.strip() for x in compare.split(',') if x.strip())
+    opts = dict(tokenizer_steps=tokenizer_steps, video_steps=video_steps, cond_frames=cond_frames,
+                compare=compare if compare is None else tuple(x.strip() for x in compare.split(',') if x.strip()))
+    over = {k: v for k, v in opts.items() if v is not None}
     root = Path(out or f'runs/suite_{domain}')
     suite(SuiteConfig.preset(domain, **over), root, [int(x) for x in str(seeds).split(',') if x.strip()], expert_dir)
     print((root/'report.md').read_text())
@@ -352,11 +358,10 @@ def _slim_checkpoints(run:Path, dest:Path):
 def suite_command(cfg:SuiteConfig) -> str:
     "The `dr_suite` command line that trains `cfg`: the options where it differs from its domain's preset."
     preset, opts = SuiteConfig.preset(cfg.domain), ''
-    for f in ('tokenizer_steps', 'video_steps', 'compare'):
+    for f in SUITE_OPTIONS:
         v = getattr(cfg, f)
         if v != getattr(preset, f): opts += f" --{f} {','.join(v) if isinstance(v, tuple) else v}"
     return f'dr_suite {cfg.domain} --seeds {cfg.seed}' + (' --expert_dir DIR' if cfg.domain == 'adroit' else '') + opts
-
 
 # %% ../nbs/15_suite.ipynb #eba6438b
 def export_pretrained(cfg:SuiteConfig, root:str|Path, # a finished suite folder

@@ -139,3 +139,20 @@ def test_more_video_steps_train_the_stored_model_on(tiny_roots, tmp_path, capsys
     run_suite(more, tmp_path/'fresh')
     assert _numbers(load_json(root/'seed0'/'eval.json')) == _numbers(load_json(tmp_path/'fresh'/'seed0'/'eval.json'))
     with pytest.raises(ValueError, match=r'video_steps can only grow here \(10 -> 6\)'): run_suite(TINY, root)
+
+def test_condition_length_is_a_suite_option(tiny_roots, tmp_path, capsys):
+    "cond_frames sets the video model's history; a folder from before the option resumes; one with another k refuses."
+    import json, shutil
+    from diffusion_reward.suite import suite_command
+    k3 = TINY.replace(cond_frames=3)
+    run_suite(k3, tmp_path/'k3')
+    assert load_checkpoint(tmp_path/'k3'/'seed0'/'video'/'video_model.pt')['config']['num_cond_frames'] == 3
+    assert suite_command(k3) == suite_command(TINY) + ' --cond_frames 3'
+    old = tmp_path/'old'
+    shutil.copytree(tiny_roots[0], old)
+    cfg = load_json(old/'seed0'/'config.json'); del cfg['cond_frames']
+    (old/'seed0'/'config.json').write_text(json.dumps(cfg))  # as written before the option existed
+    capsys.readouterr(); run_suite(TINY, old)
+    assert 'changed' not in capsys.readouterr().out
+    with pytest.raises(ValueError, match='cond_frames differ'): run_suite(k3, old)
+    with pytest.raises(ValueError, match='cond_frames must be >= 1'): run_suite(TINY.replace(cond_frames=0), tmp_path/'k0')
