@@ -17,9 +17,9 @@ from .core import (Config, DataError, CheckpointError, seed_everything, save_jso
                                    file_sha256, load_checkpoint, save_checkpoint)
 from .envs import METAWORLD_PAPER_TASKS, METAWORLD_UNSEEN_TASKS, ADROIT_TASKS, get_preset, make_env
 from .data import collect, episode_paths, load_episode
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, TokenizerConfig
 from .reward import RewardConfig, DiffusionReward, lookup_stats
-from .video_model import TokenWindows
+from .video_model import TokenWindows, VideoModelConfig
 from .quickstart import Stages, stages_to_redo, forget_stages
 
 # %% auto #0
@@ -261,6 +261,7 @@ def run_suite(cfg:SuiteConfig, root:str|Path, expert_dir=None) -> dict:
     root = Path(root); data, run = root/'data', root/f'seed{cfg.seed}'
     for t in (*cfg.train_tasks, *cfg.unseen_tasks): get_preset(t)  # unknown task: fail before any work
     for e in (cfg.estimator, *cfg.compare): RewardConfig(estimator=e)
+    TokenizerConfig.preset(cfg.tokenizer_preset); VideoModelConfig.preset(cfg.video_preset)  # unknown: fail first
     if cfg.cond_frames < 1: raise ValueError(f'cond_frames must be >= 1, got {cfg.cond_frames}')
     if cfg.domain == 'adroit': dapg_policy_files(cfg.train_tasks, expert_dir)
     data_cfg, st = {k: getattr(cfg, k) for k in DATA_FIELDS}, Stages(run)
@@ -317,14 +318,17 @@ def suite(cfg:SuiteConfig, root:str|Path, seeds=(0,), # training seeds, run one 
     for s in seeds: run_suite(cfg.replace(seed=s), root, expert_dir)
     return summarize_suite(cfg, root)
 
-SUITE_OPTIONS = ('tokenizer_steps', 'video_steps', 'cond_frames', 'compare')  # what dr_suite may change in a preset
+# what dr_suite may change in a preset
+SUITE_OPTIONS = ('tokenizer_preset', 'tokenizer_steps', 'video_preset', 'video_steps', 'cond_frames', 'compare')
 
 @call_parse
 def dr_suite(domain:str, # metaworld | adroit | tiny (a smoke test)
              out:str=None, # root folder (default runs/suite_<domain>); a rerun resumes it
              seeds:str='0', # training seeds, comma-separated, run one after another
              expert_dir:str=None, # adroit: the folder holding door-v0.pickle, hammer-v0.pickle, pen-v0.pickle
+             tokenizer_preset:str=None, # small | paper (default: the preset's)
              tokenizer_steps:int=None, # default: the preset's
+             video_preset:str=None, # small | paper (default: the preset's)
              video_steps:int=None, # default: the preset's; more than a finished seed's trains its video model on
              cond_frames:int=None, # history frames the video model reads (default: the preset's)
              compare:str=None, # rewards scored beside the judged one, comma-separated (default: the preset's)
@@ -332,7 +336,8 @@ def dr_suite(domain:str, # metaworld | adroit | tiny (a smoke test)
             ):
     "One tokenizer and video model per domain on its training tasks; AUROC on every task, unseen ones zero-shot."
     if threads: torch.set_num_threads(threads)
-    opts = dict(tokenizer_steps=tokenizer_steps, video_steps=video_steps, cond_frames=cond_frames,
+    opts = dict(tokenizer_preset=tokenizer_preset, tokenizer_steps=tokenizer_steps, video_preset=video_preset,
+                video_steps=video_steps, cond_frames=cond_frames,
                 compare=compare if compare is None else tuple(x.strip() for x in compare.split(',') if x.strip()))
     over = {k: v for k, v in opts.items() if v is not None}
     root = Path(out or f'runs/suite_{domain}')

@@ -156,3 +156,8 @@ def test_condition_length_is_a_suite_option(tiny_roots, tmp_path, capsys):
     assert 'changed' not in capsys.readouterr().out
     with pytest.raises(ValueError, match='cond_frames differ'): run_suite(k3, old)
     with pytest.raises(ValueError, match='cond_frames must be >= 1'): run_suite(TINY.replace(cond_frames=0), tmp_path/'k0')
+    with pytest.raises(ValueError, match="unknown preset 'pape'"): run_suite(TINY.replace(video_preset='pape'), tmp_path/'p')
+    assert not (tmp_path/'k0').exists() and not (tmp_path/'p').exists()
+    import inspect
+    from diffusion_reward.suite import SUITE_OPTIONS, dr_suite
+    assert set(SUITE_OPTIONS) <= set(inspect.signature(dr_suite).parameters)  # every option the card names is a flag
