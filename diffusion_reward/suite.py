@@ -260,6 +260,8 @@ def run_suite(cfg:SuiteConfig, root:str|Path, expert_dir=None) -> dict:
     "Run (or resume) one seed of a domain suite under `root`; returns every stage's result."
     root = Path(root); data, run = root/'data', root/f'seed{cfg.seed}'
     for t in (*cfg.train_tasks, *cfg.unseen_tasks): get_preset(t)  # unknown task: fail before any work
+    if both := set(cfg.train_tasks) & set(cfg.unseen_tasks):
+        raise ValueError(f"{', '.join(sorted(both))}: both a training and an unseen task; an unseen task is never trained on")
     for e in (cfg.estimator, *cfg.compare): RewardConfig(estimator=e)
     TokenizerConfig.preset(cfg.tokenizer_preset); VideoModelConfig.preset(cfg.video_preset)  # unknown: fail first
     if cfg.cond_frames < 1: raise ValueError(f'cond_frames must be >= 1, got {cfg.cond_frames}')
@@ -319,13 +321,14 @@ def suite(cfg:SuiteConfig, root:str|Path, seeds=(0,), # training seeds, run one 
     return summarize_suite(cfg, root)
 
 # what dr_suite may change in a preset
-SUITE_OPTIONS = ('tokenizer_preset', 'tokenizer_steps', 'video_preset', 'video_steps', 'cond_frames', 'compare')
+SUITE_OPTIONS = ('train_tasks', 'tokenizer_preset', 'tokenizer_steps', 'video_preset', 'video_steps', 'cond_frames', 'compare')
 
 @call_parse
 def dr_suite(domain:str, # metaworld | adroit | tiny (a smoke test)
              out:str=None, # root folder (default runs/suite_<domain>); a rerun resumes it
              seeds:str='0', # training seeds, comma-separated, run one after another
              expert_dir:str=None, # adroit: the folder holding door-v0.pickle, hammer-v0.pickle, pen-v0.pickle
+             train_tasks:str=None, # comma-separated (default: the preset's; never an unseen task)
              tokenizer_preset:str=None, # small | paper (default: the preset's)
              tokenizer_steps:int=None, # default: the preset's
              video_preset:str=None, # small | paper (default: the preset's)
@@ -336,9 +339,9 @@ def dr_suite(domain:str, # metaworld | adroit | tiny (a smoke test)
             ):
     "One tokenizer and video model per domain on its training tasks; AUROC on every task, unseen ones zero-shot."
     if threads: torch.set_num_threads(threads)
-    opts = dict(tokenizer_preset=tokenizer_preset, tokenizer_steps=tokenizer_steps, video_preset=video_preset,
-                video_steps=video_steps, cond_frames=cond_frames,
-                compare=compare if compare is None else tuple(x.strip() for x in compare.split(',') if x.strip()))
+    names = lambda s: s if s is None else tuple(x.strip() for x in s.split(',') if x.strip())
+    opts = dict(train_tasks=names(train_tasks), tokenizer_preset=tokenizer_preset, tokenizer_steps=tokenizer_steps,
+                video_preset=video_preset, video_steps=video_steps, cond_frames=cond_frames, compare=names(compare))
     over = {k: v for k, v in opts.items() if v is not None}
     root = Path(out or f'runs/suite_{domain}')
     suite(SuiteConfig.preset(domain, **over), root, [int(x) for x in str(seeds).split(',') if x.strip()], expert_dir)

@@ -140,8 +140,8 @@ def test_more_video_steps_train_the_stored_model_on(tiny_roots, tmp_path, capsys
     assert _numbers(load_json(root/'seed0'/'eval.json')) == _numbers(load_json(tmp_path/'fresh'/'seed0'/'eval.json'))
     with pytest.raises(ValueError, match=r'video_steps can only grow here \(10 -> 6\)'): run_suite(TINY, root)
 
-def test_condition_length_is_a_suite_option(tiny_roots, tmp_path, capsys):
-    "cond_frames sets the video model's history; a folder from before the option resumes; one with another k refuses."
+def test_suite_options_fail_first_and_old_folders_resume(tiny_roots, tmp_path, capsys):
+    "cond_frames sets the video model's history; a folder from before the option resumes; bad options fail first."
     import json, shutil
     from diffusion_reward.suite import suite_command
     k3 = TINY.replace(cond_frames=3)
@@ -157,7 +157,9 @@ def test_condition_length_is_a_suite_option(tiny_roots, tmp_path, capsys):
     with pytest.raises(ValueError, match='cond_frames differ'): run_suite(k3, old)
     with pytest.raises(ValueError, match='cond_frames must be >= 1'): run_suite(TINY.replace(cond_frames=0), tmp_path/'k0')
     with pytest.raises(ValueError, match="unknown preset 'pape'"): run_suite(TINY.replace(video_preset='pape'), tmp_path/'p')
-    assert not (tmp_path/'k0').exists() and not (tmp_path/'p').exists()
+    with pytest.raises(ValueError, match='drawer-open-v3: both a training and an unseen task'):
+        run_suite(TINY.replace(train_tasks=('reach-v3', 'drawer-open-v3')), tmp_path/'leak')
+    assert not any((tmp_path/n).exists() for n in ('k0', 'p', 'leak'))
     import inspect
     from diffusion_reward.suite import SUITE_OPTIONS, dr_suite
     assert set(SUITE_OPTIONS) <= set(inspect.signature(dr_suite).parameters)  # every option the card names is a flag
