@@ -65,9 +65,12 @@ SuiteConfig.presets = {
 # %% ../nbs/15_suite.ipynb #b8ade091
 def suite_plan(cfg:SuiteConfig) -> list[dict]: # `data.collect` arguments per group
     "Every (task, policy, noise, episodes, seed, split) group of the suite."
-    plan = []
-    for i, task in enumerate((*cfg.train_tasks, *cfg.unseen_tasks)):
-        s = cfg.data_seed * 10_000_000 + i * 100_000
+    base, plan = SuiteConfig.preset(cfg.domain), []
+    # a task's seed block is its place among the domain preset's tasks, then among the others in the order given, so
+    # training another task never moves a preset task's episodes (an unseen one's scored episodes stay the same)
+    order = list(dict.fromkeys((*base.train_tasks, *base.unseen_tasks, *cfg.train_tasks, *cfg.unseen_tasks)))
+    for task in (*cfg.train_tasks, *cfg.unseen_tasks):
+        s = cfg.data_seed * 10_000_000 + order.index(task) * 100_000
         first = (dict(policy='expert', noise=0.0, episodes=cfg.train_episodes, seed=s, split='train')
                  if task in cfg.train_tasks else
                  dict(policy='expert', noise=0.0, episodes=cfg.stats_episodes, seed=s, split='stats'))

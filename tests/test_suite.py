@@ -163,3 +163,13 @@ def test_suite_options_fail_first_and_old_folders_resume(tiny_roots, tmp_path, c
     import inspect
     from diffusion_reward.suite import SUITE_OPTIONS, dr_suite
     assert set(SUITE_OPTIONS) <= set(inspect.signature(dr_suite).parameters)  # every option the card names is a flag
+
+def test_training_another_task_keeps_every_other_tasks_episodes():
+    "Seed blocks follow the domain preset's task list: an added training task moves no scored episode of another task."
+    from diffusion_reward.suite import suite_plan
+    key = lambda g: (g['task'], g['policy'], g['noise'], g['split'])
+    mw = SuiteConfig.preset('metaworld')
+    more = mw.replace(train_tasks=('faucet-close-v3', *mw.train_tasks))
+    before, after = ({key(g): g['seed'] for g in suite_plan(c)} for c in (mw, more))
+    assert all(after[k] == s for k, s in before.items()) and len(after) > len(before)
+    assert len(set(after.values())) == len(after)  # no two groups share a seed
